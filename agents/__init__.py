@@ -1,0 +1,1 @@
+"""ragtune.agents: the model-facing parts (context, prompts, models, router, specialist)."""

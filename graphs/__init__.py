@@ -1,0 +1,1 @@
+"""ragtune.graphs: LangGraph state, routing and graph builders."""

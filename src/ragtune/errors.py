@@ -1,0 +1,46 @@
+"""Errors ragtune raises on purpose.
+
+Every error a user can cause (bad input, bad configuration, an unreachable database) is a
+`RagtuneError` carrying a message written for that user and the exit code the CLI returns for it.
+Anything else that escapes is a bug.
+"""
+
+from __future__ import annotations
+
+
+class RagtuneError(Exception):
+    """Base class of the errors ragtune reports to users.
+
+    Attributes:
+        exit_code: The process exit code the CLI uses for this error.
+    """
+
+    exit_code: int = 1
+
+
+class ConfigError(RagtuneError):
+    """The configuration cannot work (unknown option value, unwritable data directory, ...)."""
+
+    exit_code = 2
+
+
+class InputError(RagtuneError):
+    """An input file, line or argument is unusable; the message names the file and line."""
+
+    exit_code = 3
+
+
+class FilterError(InputError):
+    """A metadata filter uses an unknown operator or an invalid shape."""
+
+
+class DatabaseError(RagtuneError):
+    """The database cannot be reached or refused an operation."""
+
+    exit_code = 4
+
+
+class DimensionMismatchError(RagtuneError):
+    """A collection was created with another embedding model or dimension than the one in use."""
+
+    exit_code = 5

@@ -1,0 +1,1 @@
+"""ragtune.tools: the pgvector knowledge store, ingestion and the LangChain tool faces."""
