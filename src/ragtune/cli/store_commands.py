@@ -1,0 +1,228 @@
+"""CLI commands for the knowledge store: `ingest`, `search`, `collections` and `db`."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from ragtune.errors import InputError
+from ragtune.tools.store import DEFAULT_COLLECTION, SEARCH_MODES
+
+FORMATS = ("auto", "text", "jsonl", "hotpotqa", "musique")
+
+
+def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """Add the store commands to the `ragtune` parser."""
+    p = commands.add_parser("ingest", help="add files or folders to a collection",
+                            description="Chunk, embed and upsert documents. Re-running on the "
+                            "same input adds nothing; changed sources replace their old chunks.")
+    p.add_argument("paths", nargs="+", metavar="PATH", help="files or folders")
+    _collection_arg(p)
+    p.add_argument("--format", choices=FORMATS, default="auto",
+                   help="input format (default: by extension and content)")
+    p.add_argument("--chunk-size", type=int, default=1000, metavar="N",
+                   help="max characters per chunk (default 1000)")
+    p.add_argument("--chunk-overlap", type=int, default=150, metavar="N",
+                   help="characters shared by consecutive chunks (default 150)")
+    p.add_argument("--skip-bad", action="store_true",
+                   help="skip unusable files and JSONL lines (listed in the summary)")
+    p.add_argument("--embeddings", default=None, metavar="SPEC",
+                   help="embedding model (default: all-MiniLM-L6-v2, bundled)")
+    p.add_argument("--json", action="store_true", help="print the summary as JSON")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(handler=run_ingest)
+
+    p = commands.add_parser("search", help="search a collection",
+                            description="Search one query, or a JSONL file of queries.")
+    p.add_argument("query", nargs="?", help="the query (omit with --queries)")
+    p.add_argument("--queries", metavar="FILE.jsonl",
+                   help='batch mode: {"id", "question"} per line; one JSON line out per query')
+    _collection_arg(p)
+    p.add_argument("-k", type=int, default=5, help="results per query (default 5)")
+    p.add_argument("--mode", choices=SEARCH_MODES, default="hybrid",
+                   help="dense, text or hybrid (default)")
+    p.add_argument("--filter", metavar="JSON", help='metadata filter, e.g. \'{"year": {"$gte": '
+                   '2000}}\' (operators: $eq $ne $in $nin $gt $gte $lt $lte $exists $and $or)')
+    p.add_argument("--embeddings", default=None, metavar="SPEC", help="embedding model")
+    p.add_argument("--json", action="store_true", help="print JSON")
+    p.set_defaults(handler=run_search)
+
+    p = commands.add_parser("collections", help="list or drop collections")
+    p.add_argument("action", choices=("list", "drop"), nargs="?", default="list")
+    p.add_argument("name", nargs="?", help="collection to drop")
+    p.add_argument("--json", action="store_true", help="print JSON")
+    p.set_defaults(handler=run_collections)
+
+    p = commands.add_parser("db", help="show where the database is")
+    p.add_argument("--json", action="store_true", help="print JSON")
+    p.set_defaults(handler=run_db)
+
+
+def _collection_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--collection", "-c", default=DEFAULT_COLLECTION,
+                   help=f"collection name (default {DEFAULT_COLLECTION!r})")
+
+
+@contextmanager
+def open_store(args: argparse.Namespace, *, create: bool = True) -> Iterator[Any]:
+    """Open the database and the collection named by `args`; close them on exit."""
+    from ragtune.tools.database import Database
+    from ragtune.tools.embeddings import load_embeddings
+    from ragtune.tools.store import KnowledgeStore
+
+    embeddings = load_embeddings(getattr(args, "embeddings", None))
+    with Database.open(args.database_url, home=args.home) as db:
+        yield KnowledgeStore(db, embeddings, args.collection, mode=getattr(args, "mode", "hybrid"),
+                             create=create)
+
+
+def run_ingest(args: argparse.Namespace) -> int:
+    """`ragtune ingest`: load, chunk, embed and upsert; print a summary."""
+    from ragtune.tools.ingest import ingest_paths, make_splitter
+
+    make_splitter(args.chunk_size, args.chunk_overlap)  # bad settings fail before any work
+    for path in args.paths:
+        if not Path(path).exists():
+            raise InputError(f"{path}: no such file or folder")
+    bar = None
+    if not (args.no_progress or args.json) and sys.stderr.isatty():
+        from tqdm import tqdm
+
+        bar = tqdm(unit=" docs", desc="ingest", file=sys.stderr)
+
+    def progress(summary: Any) -> None:
+        if bar is not None:
+            bar.update(summary.documents - bar.n)
+            bar.set_postfix(chunks=summary.chunks, new=summary.new, unchanged=summary.unchanged)
+
+    try:
+        with open_store(args) as store:
+            summary = ingest_paths(store, args.paths, fmt=args.format, skip_bad=args.skip_bad,
+                                   chunk_size=args.chunk_size, chunk_overlap=args.chunk_overlap,
+                                   on_batch=progress)
+    finally:
+        if bar is not None:
+            bar.close()
+    if args.json:
+        print(json.dumps(summary.to_json()))
+    else:
+        print(f"collection {summary.collection!r}: {summary.documents} documents, "
+              f"{summary.chunks} chunks; sources new {summary.new}, unchanged "
+              f"{summary.unchanged}, replaced {summary.replaced}; {summary.chunks_written} chunks "
+              f"written, {summary.chunks_deleted} deleted; {summary.seconds:.1f} s")
+        for message in summary.skipped:
+            print(f"skipped: {message}", file=sys.stderr)
+    return 0
+
+
+def _read_queries(path: str) -> list[tuple[str, str]]:
+    file = Path(path)
+    if not file.is_file():
+        raise InputError(f"{path}: no such file")
+    queries = []
+    with file.open(encoding="utf-8", errors="strict") as handle:
+        try:
+            lines = list(handle)
+        except UnicodeDecodeError as exc:
+            raise InputError(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start})") from exc
+    for number, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            item = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise InputError(f"{path}:{number}: invalid JSON ({exc.msg})") from exc
+        if not isinstance(item, dict) or not isinstance(item.get("question"), str) \
+                or not item["question"].strip():
+            raise InputError(f'{path}:{number}: expected {{"id", "question"}} with a non-empty '
+                             "question")
+        queries.append((str(item.get("id", number)), item["question"]))
+    if not queries:
+        raise InputError(f"{path}: no queries")
+    return queries
+
+
+def run_search(args: argparse.Namespace) -> int:
+    """`ragtune search`: one query (table or JSON) or a batch (JSON lines)."""
+    from ragtune.tools.filters import parse_filter
+
+    flt = parse_filter(args.filter) if args.filter else None
+    if args.k < 1:
+        raise InputError(f"-k must be at least 1, not {args.k}")
+    if (args.query is None) == (args.queries is None):
+        raise InputError("give a QUERY or --queries FILE.jsonl (not both)")
+    if args.query is not None and not args.query.strip():
+        raise InputError("the query is empty")
+    batch = _read_queries(args.queries) if args.queries else None
+    with open_store(args, create=False) as store:
+        if batch is not None:
+            for qid, question in batch:
+                hits = store.retrieve(question, args.k, mode=args.mode, filter=flt)
+                print(json.dumps({"id": qid, "results": [h.to_json() for h in hits]}), flush=True)
+            return 0
+        hits = store.retrieve(args.query, args.k, mode=args.mode, filter=flt)
+    if args.json:
+        print(json.dumps({"query": args.query, "mode": args.mode,
+                          "results": [h.to_json() for h in hits]}))
+        return 0
+    if not hits:
+        print("no results")
+    for rank, hit in enumerate(hits, 1):
+        snippet = " ".join(hit.text.split())[:160]
+        print(f"{rank:>2}. [{hit.score:.4f}] {hit.title or hit.source}\n    {snippet}")
+    return 0
+
+
+def run_collections(args: argparse.Namespace) -> int:
+    """`ragtune collections [list|drop NAME]`."""
+    from ragtune.tools.database import Database
+    from ragtune.tools.store import list_collections
+
+    with Database.open(args.database_url, home=args.home) as db:
+        if args.action == "drop":
+            if not args.name:
+                raise InputError("collections drop needs a NAME")
+            names = [c["name"] for c in list_collections(db)]
+            if args.name not in names:
+                raise InputError(f"no collection named {args.name!r}")
+            from ragtune.tools.store import drop_collection
+
+            drop_collection(db, args.name)
+            print(f"dropped {args.name!r}")
+            return 0
+        rows = list_collections(db)
+    if args.json:
+        print(json.dumps(rows))
+    else:
+        for row in rows:
+            print(f"{row['name']}\t{row['chunks']} chunks\t{row['embedding_model']} "
+                  f"({row['dimension']}-d)")
+        if not rows:
+            print("no collections")
+    return 0
+
+
+def run_db(args: argparse.Namespace) -> int:
+    """`ragtune db`: where the database is, its schema version and collections."""
+    from ragtune.tools.database import Database, redact_url
+    from ragtune.tools.store import list_collections
+
+    with Database.open(args.database_url, home=args.home) as db:
+        info = {
+            "url": redact_url(db.url),
+            "embedded": db.server is not None,
+            "data_dir": str(db.server.pgdata) if db.server else None,
+            "schema_version": db.schema_version(),
+            "collections": len(list_collections(db)),
+        }
+    if args.json:
+        print(json.dumps(info))
+    else:
+        for key, value in info.items():
+            print(f"{key}: {value}")
+    return 0

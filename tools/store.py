@@ -1,0 +1,654 @@
+"""The knowledge store: a LangChain `VectorStore` on PostgreSQL + pgvector.
+
+Each named collection is one table (`vector(dim)` embeddings under an HNSW cosine index, a
+generated `tsvector` under GIN, JSONB metadata under GIN) registered in `ragtune_collections` with
+the embedding model and dimension it was built with; opening it with another model is an error.
+
+Searches run in three modes: `dense` (HNSW, with pgvector 0.8 iterative scans so filtered queries
+still return k rows), `text` (full-text, any query term may match) and `hybrid` (reciprocal-rank
+fusion of both; the default). Writes are batched: rows go in by binary COPY into a staging table,
+then one `INSERT ... ON CONFLICT` per batch, in one transaction.
+
+Chunk ids derive from collection + source + content, so writing the same chunk twice adds nothing;
+`upsert_sources` replaces a source's old chunks atomically when its content changed.
+
+The core is synchronous (a psycopg pool); the async faces run it in a worker thread.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import re
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Literal, get_args
+
+from langchain_core.documents import Document
+from langchain_core.embeddings import Embeddings
+from langchain_core.vectorstores import VectorStore
+from psycopg import sql
+from psycopg.types.json import Jsonb
+
+from ragtune.errors import ConfigError, DimensionMismatchError, InputError
+from ragtune.tools.database import Database
+from ragtune.tools.filters import compile_filter
+
+if TYPE_CHECKING:
+    import numpy as np
+    import psycopg
+
+SearchMode = Literal["dense", "text", "hybrid"]
+SEARCH_MODES: tuple[str, ...] = get_args(SearchMode)
+DEFAULT_COLLECTION = "default"
+
+
+@dataclass(frozen=True)
+class IndexSettings:
+    """HNSW index and scan settings (pgvector).
+
+    Attributes:
+        m: Max connections per HNSW node (fixed when the collection is created).
+        ef_construction: Candidate list size while building (fixed at creation).
+        ef_search: Candidate list size while searching; higher is slower and more exact.
+        iterative_scan: pgvector 0.8 iterative index scans, so that filtered queries keep scanning
+            until they have k rows: `relaxed_order` (fast), `strict_order`, or `off`.
+        max_scan_tuples: Upper bound on tuples an iterative scan visits.
+    """
+
+    m: int = 16
+    ef_construction: int = 64
+    ef_search: int = 100
+    iterative_scan: Literal["off", "relaxed_order", "strict_order"] = "relaxed_order"
+    max_scan_tuples: int = 20_000
+
+
+@dataclass(frozen=True)
+class HybridSettings:
+    """Reciprocal-rank fusion of the dense and text rankings.
+
+    Attributes:
+        dense_weight: Weight of the dense ranking.
+        text_weight: Weight of the full-text ranking.
+        rrf_k: The RRF constant: score = sum(weight / (rrf_k + rank)).
+        candidates: How many rows each ranking contributes before fusion (at least k).
+    """
+
+    dense_weight: float = 1.0
+    text_weight: float = 1.0
+    rrf_k: int = 60
+    candidates: int = 60
+
+
+@dataclass
+class SearchHit:
+    """One search result: a chunk and its score in the mode that found it."""
+
+    id: str
+    score: float
+    text: str
+    title: str | None
+    source: str
+    metadata: dict[str, Any]
+
+    def to_document(self) -> Document:
+        """Return the hit as a LangChain `Document` (id, source and title in its metadata)."""
+        meta = {**self.metadata, "id": self.id, "source": self.source, "title": self.title}
+        return Document(id=self.id, page_content=self.text, metadata=meta)
+
+    def to_json(self) -> dict[str, Any]:
+        """Return the hit in the CLI's JSON shape."""
+        return {"id": self.id, "score": self.score, "title": self.title, "source": self.source,
+                "text": self.text}
+
+
+@dataclass
+class SourceChunks:
+    """All chunks of one source, to be written together by `upsert_sources`."""
+
+    source: str
+    texts: list[str]
+    title: str | None = None
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class UpsertReport:
+    """What `upsert_sources` did, counted in sources and chunks."""
+
+    new: int = 0
+    unchanged: int = 0
+    replaced: int = 0
+    chunks_written: int = 0
+    chunks_deleted: int = 0
+
+    def merge(self, other: UpsertReport) -> None:
+        """Add `other`'s counts to this report."""
+        for name in ("new", "unchanged", "replaced", "chunks_written", "chunks_deleted"):
+            setattr(self, name, getattr(self, name) + getattr(other, name))
+
+
+def chunk_id(collection: str, source: str, text: str) -> str:
+    """Return the id of a chunk: a hash of collection, source and content."""
+    digest = hashlib.sha256("\x1f".join((collection, source, text)).encode())
+    return digest.hexdigest()[:32]
+
+
+def _table_name(collection: str) -> str:
+    slug = re.sub(r"[^a-z0-9]+", "_", collection.lower()).strip("_")[:32] or "c"
+    return f"ragtune_chunks_{slug}_{hashlib.sha1(collection.encode()).hexdigest()[:8]}"
+
+
+def _check_collection_name(name: str) -> None:
+    if not isinstance(name, str) or not name.strip() or len(name) > 100:
+        raise ConfigError(f"Invalid collection name {name!r}: use 1 to 100 characters")
+    if any(ord(ch) < 32 for ch in name):
+        raise ConfigError(f"Invalid collection name {name!r}: control characters")
+
+
+class KnowledgeStore(VectorStore):
+    """A pgvector collection as a LangChain vector store, with dense, text and hybrid search.
+
+    Args:
+        database: An open `Database` (see `Database.open`).
+        embeddings: The embedding model; the collection records its name and dimension.
+        collection: The collection name; created on first use.
+        mode: The default search mode for `similarity_search` and retrievers.
+        index: HNSW settings; `m` and `ef_construction` apply when the collection is created.
+        hybrid: Fusion settings for `hybrid` mode.
+        embedding_model: The name recorded for `embeddings` (derived from it when omitted).
+    """
+
+    def __init__(
+        self,
+        database: Database,
+        embeddings: Embeddings,
+        collection: str = DEFAULT_COLLECTION,
+        *,
+        mode: SearchMode = "hybrid",
+        index: IndexSettings | None = None,
+        hybrid: HybridSettings | None = None,
+        embedding_model: str | None = None,
+        create: bool = True,
+    ) -> None:
+        from ragtune.tools.embeddings import describe_embeddings
+
+        _check_collection_name(collection)
+        check_mode(mode)
+        self.database = database
+        self._embeddings = embeddings
+        self.collection = collection
+        self.mode: SearchMode = mode
+        self.index = index or IndexSettings()
+        self.hybrid = hybrid or HybridSettings()
+        name, dimension = describe_embeddings(embeddings)
+        self.embedding_model = embedding_model or name
+        self.dimension = dimension
+        self.table = self._open_collection(create)
+
+    # -- collection ---------------------------------------------------------------------------
+
+    @property
+    def embeddings(self) -> Embeddings:
+        return self._embeddings
+
+    def _open_collection(self, create: bool) -> str:
+        with self.database.pool.connection() as conn, conn.transaction():
+            conn.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", (self.collection,))
+            row = conn.execute(
+                "SELECT table_name, embedding_model, dimension FROM ragtune_collections"
+                " WHERE name = %s",
+                (self.collection,),
+            ).fetchone()
+            if row is not None:
+                table, model, dimension = row
+                if dimension != self.dimension or model != self.embedding_model:
+                    raise DimensionMismatchError(
+                        f"Collection {self.collection!r} was built with {model} ({dimension}-d "
+                        f"vectors); the embedding model in use is {self.embedding_model} "
+                        f"({self.dimension}-d). Use that model, or another collection."
+                    )
+                return str(table)
+            if not create:
+                raise ConfigError(f"No collection named {self.collection!r}")
+            table = _table_name(self.collection)
+            self._create_table(conn, table)
+            conn.execute(
+                "INSERT INTO ragtune_collections (name, table_name, embedding_model, dimension,"
+                " hnsw_m, hnsw_ef_construction) VALUES (%s, %s, %s, %s, %s, %s)",
+                (self.collection, table, self.embedding_model, self.dimension, self.index.m,
+                 self.index.ef_construction),
+            )
+            return table
+
+    def _create_table(self, conn: psycopg.Connection[Any], table: str) -> None:
+        t = sql.Identifier(table)
+        conn.execute(
+            sql.SQL(
+                """
+                CREATE TABLE {t} (
+                    id          text PRIMARY KEY,
+                    source      text NOT NULL,
+                    chunk_index integer NOT NULL DEFAULT 0,
+                    title       text,
+                    content     text NOT NULL,
+                    metadata    jsonb NOT NULL DEFAULT '{{}}',
+                    embedding   vector({dim}) NOT NULL,
+                    fts tsvector GENERATED ALWAYS AS (
+                        setweight(to_tsvector('english', coalesce(title, '')), 'A')
+                        || setweight(to_tsvector('english', content), 'B')) STORED,
+                    created_at  timestamptz NOT NULL DEFAULT now()
+                )"""
+            ).format(t=t, dim=sql.Literal(self.dimension))
+        )
+        conn.execute(
+            sql.SQL(
+                "CREATE INDEX {i} ON {t} USING hnsw (embedding vector_cosine_ops)"
+                " WITH (m = {m}, ef_construction = {ef})"
+            ).format(i=sql.Identifier(f"{table}_hnsw"), t=t, m=sql.Literal(self.index.m),
+                     ef=sql.Literal(self.index.ef_construction))
+        )
+        for suffix, method in (("fts", "gin (fts)"), ("meta", "gin (metadata jsonb_path_ops)"),
+                               ("source", "btree (source)")):
+            conn.execute(sql.SQL("CREATE INDEX {i} ON {t} USING " + method).format(
+                i=sql.Identifier(f"{table}_{suffix}"), t=t))
+
+    def delete_collection(self) -> None:
+        """Drop this collection: its table and its registry row."""
+        drop_collection(self.database, self.collection)
+
+    def count(self) -> int:
+        """Return the number of chunks in the collection."""
+        with self.database.pool.connection() as conn:
+            row = conn.execute(sql.SQL("SELECT count(*) FROM {}").format(
+                sql.Identifier(self.table))).fetchone()
+        return int(row[0]) if row else 0
+
+    # -- writing ------------------------------------------------------------------------------
+
+    def _embed(self, texts: Sequence[str]) -> np.ndarray:
+        import numpy as np
+
+        fast = getattr(self._embeddings, "embed_documents_array", None)
+        vectors = fast(list(texts)) if fast else self._embeddings.embed_documents(list(texts))
+        array = np.asarray(vectors, dtype=np.float32)
+        if len(texts) and array.shape != (len(texts), self.dimension):
+            raise DimensionMismatchError(
+                f"The embedding model returned vectors of shape {array.shape}; collection "
+                f"{self.collection!r} holds {self.dimension}-d vectors"
+            )
+        return array
+
+    def _write_rows(
+        self, conn: psycopg.Connection[Any], rows: Iterable[tuple[Any, ...]], *, update: bool
+    ) -> int:
+        """COPY `rows` into a staging table and merge them into the collection; return rows merged.
+
+        Each row is (id, source, chunk_index, title, content, metadata_json, embedding).
+        """
+        conn.execute(
+            "CREATE TEMP TABLE IF NOT EXISTS ragtune_stage (id text, source text, chunk_index int,"
+            " title text, content text, metadata jsonb, embedding vector) ON COMMIT DELETE ROWS"
+        )
+        with conn.cursor() as cur:
+            with cur.copy(
+                "COPY ragtune_stage (id, source, chunk_index, title, content, metadata, embedding)"
+                " FROM STDIN WITH (FORMAT BINARY)"
+            ) as copy:
+                copy.set_types(["text", "text", "int4", "text", "text", "jsonb", "vector"])
+                for row in rows:
+                    copy.write_row(row)
+            on_conflict = (
+                "ON CONFLICT (id) DO UPDATE SET source = EXCLUDED.source, chunk_index ="
+                " EXCLUDED.chunk_index, title = EXCLUDED.title, content = EXCLUDED.content,"
+                " metadata = EXCLUDED.metadata, embedding = EXCLUDED.embedding"
+                if update else "ON CONFLICT (id) DO NOTHING"
+            )
+            cur.execute(sql.SQL(
+                "INSERT INTO {t} (id, source, chunk_index, title, content, metadata, embedding)"
+                " SELECT DISTINCT ON (id) id, source, chunk_index, title, content, metadata,"
+                " embedding FROM ragtune_stage ORDER BY id " + on_conflict
+            ).format(t=sql.Identifier(self.table)))
+            return cur.rowcount
+
+    def add_texts(
+        self,
+        texts: Iterable[str],
+        metadatas: list[dict[Any, Any]] | None = None,
+        *,
+        ids: list[str] | None = None,
+        batch_size: int = 1000,
+        **kwargs: Any,
+    ) -> list[str]:
+        """Embed and upsert `texts`; return their ids.
+
+        An id given (argument or `Document.id`) is kept; otherwise the id derives from the
+        collection, the `source` metadata and the text, so adding the same text twice is a no-op.
+        A row whose id exists is overwritten. `source` and `title` metadata fill those columns.
+        """
+        texts = list(texts)
+        metadatas = list(metadatas) if metadatas else [{} for _ in texts]
+        if len(metadatas) != len(texts) or (ids is not None and len(ids) != len(texts)):
+            raise InputError("texts, metadatas and ids must have the same length")
+        out_ids: list[str] = []
+        for start in range(0, len(texts), batch_size):
+            part = texts[start:start + batch_size]
+            metas = metadatas[start:start + batch_size]
+            part_ids = ids[start:start + batch_size] if ids else [None] * len(part)
+            vectors = self._embed(part)
+            rows = []
+            for text, meta, given, vector in zip(part, metas, part_ids, vectors, strict=True):
+                if not isinstance(text, str):
+                    raise InputError(f"Document text must be a string, not {type(text).__name__}")
+                meta = dict(meta or {})
+                source = str(meta.pop("source", "") or "")
+                title = meta.pop("title", None)
+                chunk_index = int(meta.pop("chunk_index", 0) or 0)
+                meta.pop("id", None)
+                row_id = str(given) if given else chunk_id(self.collection, source, text)
+                out_ids.append(row_id)
+                rows.append((row_id, source, chunk_index, None if title is None else str(title),
+                             text, Jsonb(meta), vector))
+            with self.database.pool.connection() as conn, conn.transaction():
+                self._write_rows(conn, rows, update=True)
+        return out_ids
+
+    def add_documents(self, documents: list[Document], **kwargs: Any) -> list[str]:
+        """Embed and upsert `documents` (their `id`s are kept when set); return the ids."""
+        ids = kwargs.pop("ids", None) or [doc.id for doc in documents]
+        has_ids = any(ids)
+        return self.add_texts(
+            [doc.page_content for doc in documents],
+            [doc.metadata for doc in documents],
+            ids=[i or chunk_id(self.collection, str(d.metadata.get("source", "")), d.page_content)
+                 for i, d in zip(ids, documents, strict=True)] if has_ids else None,
+            **kwargs,
+        )
+
+    def upsert_sources(self, batch: Sequence[SourceChunks]) -> UpsertReport:
+        """Write whole sources in one transaction: new ones added, changed ones replaced.
+
+        A source whose chunks are all already stored is left alone (and not re-embedded). A source
+        whose chunks differ loses its old chunks and gains the new ones atomically. Concurrent
+        writers of the same source serialise on a per-source advisory lock.
+        """
+        report = UpsertReport()
+        if not batch:
+            return report
+        # A source named twice in one batch is written once, with the texts of its last mention.
+        items = {item.source: item for item in batch}
+        wanted: dict[str, dict[str, tuple[int, str]]] = {}
+        for item in items.values():
+            chunks = wanted.setdefault(item.source, {})
+            for index, text in enumerate(item.texts):
+                chunks.setdefault(chunk_id(self.collection, item.source, text), (index, text))
+        existing = self._ids_by_source(list(wanted))
+        to_embed: list[tuple[SourceChunks, str, int, str]] = []
+        for item in items.values():
+            ids = wanted[item.source]
+            old = existing.get(item.source, set())
+            if old == set(ids):
+                report.unchanged += 1
+                continue
+            if old:
+                report.replaced += 1
+            else:
+                report.new += 1
+            to_embed += [(item, cid, idx, text) for cid, (idx, text) in ids.items()
+                         if cid not in old]
+        vectors = self._embed([text for *_, text in to_embed]) if to_embed else []
+        rows = [
+            (cid, item.source, idx, item.title, text,
+             Jsonb(item.metadata), vec)
+            for (item, cid, idx, text), vec in zip(to_embed, vectors, strict=True)
+        ]
+        changed = sorted(s for s in wanted if existing.get(s, set()) != set(wanted[s]))
+        with self.database.pool.connection() as conn, conn.transaction():
+            for source in changed:
+                conn.execute("SELECT pg_advisory_xact_lock(hashtextextended(%s, 0))",
+                             (f"{self.table}\x1f{source}",))
+            keep = [cid for s in changed for cid in wanted[s]]
+            cur = conn.execute(
+                sql.SQL("DELETE FROM {} WHERE source = ANY(%s) AND NOT (id = ANY(%s))").format(
+                    sql.Identifier(self.table)),
+                (changed, keep),
+            )
+            report.chunks_deleted = cur.rowcount
+            report.chunks_written = self._write_rows(conn, rows, update=False) if rows else 0
+        return report
+
+    def _ids_by_source(self, sources: list[str]) -> dict[str, set[str]]:
+        with self.database.pool.connection() as conn:
+            rows = conn.execute(
+                sql.SQL("SELECT source, array_agg(id) FROM {} WHERE source = ANY(%s)"
+                        " GROUP BY source").format(sql.Identifier(self.table)),
+                (sources,),
+            ).fetchall()
+        return {source: set(ids) for source, ids in rows}
+
+    def delete(self, ids: list[str] | None = None, **kwargs: Any) -> bool | None:
+        """Delete the chunks with these ids; with `source=`, delete that source's chunks."""
+        source = kwargs.get("source")
+        if not ids and source is None:
+            raise InputError("delete() needs ids or source=")
+        with self.database.pool.connection() as conn, conn.transaction():
+            if ids:
+                conn.execute(sql.SQL("DELETE FROM {} WHERE id = ANY(%s)").format(
+                    sql.Identifier(self.table)), (list(ids),))
+            if source is not None:
+                conn.execute(sql.SQL("DELETE FROM {} WHERE source = %s").format(
+                    sql.Identifier(self.table)), (source,))
+        return True
+
+    def get_by_ids(self, ids: Sequence[str], /) -> list[Document]:
+        """Return the stored documents with these ids, in the order asked (missing ones skipped)."""
+        with self.database.pool.connection() as conn:
+            rows = conn.execute(
+                sql.SQL("SELECT id, 0.0, content, title, source, metadata FROM {}"
+                        " WHERE id = ANY(%s)").format(sql.Identifier(self.table)),
+                (list(ids),),
+            ).fetchall()
+        found = {row[0]: SearchHit(*row).to_document() for row in rows}
+        return [found[i] for i in ids if i in found]
+
+    # -- searching ----------------------------------------------------------------------------
+
+    def retrieve(
+        self,
+        query: str,
+        k: int = 4,
+        *,
+        mode: SearchMode | None = None,
+        filter: dict[str, Any] | None = None,
+    ) -> list[SearchHit]:
+        """Return the `k` best chunks for `query` in `mode` (the store's default when None).
+
+        Scores: cosine similarity (`dense`), `ts_rank_cd` (`text`), fused RRF score (`hybrid`).
+        """
+        mode = check_mode(mode or self.mode)
+        if not isinstance(query, str) or not query.strip():
+            raise InputError("The search query is empty")
+        if k < 1:
+            raise InputError(f"k must be at least 1, not {k}")
+        where, params = compile_filter(filter)
+        vector = self._embed_query(query) if mode != "text" else None
+        statement, args = self._search_sql(mode, k, query, vector, where, params)
+        with self.database.pool.connection() as conn, conn.transaction():
+            self._set_scan_options(conn, k)
+            rows = conn.execute(statement, args).fetchall()
+        return [SearchHit(*row) for row in rows]
+
+    async def aretrieve(self, query: str, k: int = 4, **kwargs: Any) -> list[SearchHit]:
+        """Async face of `retrieve` (runs it in a worker thread)."""
+        return await asyncio.to_thread(self.retrieve, query, k, **kwargs)
+
+    def _embed_query(self, query: str) -> np.ndarray:
+        import numpy as np
+
+        return np.asarray(self._embeddings.embed_query(query), dtype=np.float32)
+
+    def _set_scan_options(self, conn: psycopg.Connection[Any], k: int) -> None:
+        ef_search = max(self.index.ef_search, k, self.hybrid.candidates)
+        conn.execute(
+            "SELECT set_config('hnsw.ef_search', %s, true),"
+            " set_config('hnsw.iterative_scan', %s, true),"
+            " set_config('hnsw.max_scan_tuples', %s, true)",
+            (str(min(ef_search, 1000)), self.index.iterative_scan,
+             str(self.index.max_scan_tuples)),
+        )
+
+    def _search_sql(
+        self, mode: str, k: int, query: str, vector: Any, where: sql.Composable, params: list[Any]
+    ) -> tuple[sql.Composable, list[Any]]:
+        t = sql.Identifier(self.table)
+        cols = sql.SQL("c.id, {score}, c.content, c.title, c.source, c.metadata")
+        # Any query term may match (OR of the stemmed terms), ranked by cover density.
+        tsquery = sql.SQL(
+            "(SELECT replace(plainto_tsquery('english', %s)::text, ' & ', ' | ')::tsquery AS q) qq")
+        dense = sql.SQL(
+            "SELECT id, embedding <=> %s AS distance FROM {t} c WHERE {where}"
+            " ORDER BY embedding <=> %s LIMIT %s").format(t=t, where=where)
+        text = sql.SQL(
+            "SELECT id, ts_rank_cd(fts, qq.q) AS rank FROM {t} c, {tsq} WHERE fts @@ qq.q AND {where}"
+            " ORDER BY rank DESC, id LIMIT %s").format(t=t, tsq=tsquery, where=where)
+        if mode == "dense":
+            stmt = sql.SQL(
+                "WITH d AS MATERIALIZED ({dense}) SELECT {cols} FROM d JOIN {t} c USING (id)"
+                " ORDER BY d.distance, c.id").format(
+                dense=dense, t=t, cols=cols.format(score=sql.SQL("1 - d.distance")))
+            return stmt, [vector, *params, vector, k]
+        if mode == "text":
+            stmt = sql.SQL(
+                "WITH x AS ({text}) SELECT {cols} FROM x JOIN {t} c USING (id)"
+                " ORDER BY x.rank DESC, c.id").format(
+                text=text, t=t, cols=cols.format(score=sql.SQL("x.rank")))
+            return stmt, [query, *params, k]
+        h = self.hybrid
+        n = max(h.candidates, k)
+        stmt = sql.SQL(
+            "WITH d0 AS MATERIALIZED ({dense}),"
+            " d AS (SELECT id, row_number() OVER (ORDER BY distance, id) AS r FROM d0),"
+            " x AS (SELECT id, row_number() OVER (ORDER BY rank DESC, id) AS r FROM ({text}) x0),"
+            " f AS (SELECT id, COALESCE(%s / (%s + d.r), 0) + COALESCE(%s / (%s + x.r), 0) AS s"
+            "       FROM d FULL OUTER JOIN x USING (id))"
+            " SELECT {cols} FROM f JOIN {t} c USING (id) ORDER BY f.s DESC, c.id LIMIT %s"
+        ).format(dense=dense, text=text, t=t, cols=cols.format(score=sql.SQL("f.s")))
+        return stmt, [vector, *params, vector, n, query, *params, n,
+                      float(h.dense_weight), float(h.rrf_k), float(h.text_weight),
+                      float(h.rrf_k), k]
+
+    def similarity_search(
+        self, query: str, k: int = 4, filter: dict[str, Any] | None = None, **kwargs: Any
+    ) -> list[Document]:
+        """Return the `k` documents most relevant to `query` (`mode=` overrides the default)."""
+        return [hit.to_document() for hit in self.retrieve(query, k, filter=filter,
+                                                           mode=kwargs.get("mode"))]
+
+    def similarity_search_with_score(
+        self, query: str, k: int = 4, filter: dict[str, Any] | None = None, **kwargs: Any
+    ) -> list[tuple[Document, float]]:
+        """Return `(document, score)` pairs; higher scores are better in every mode."""
+        hits = self.retrieve(query, k, filter=filter, mode=kwargs.get("mode"))
+        return [(hit.to_document(), hit.score) for hit in hits]
+
+    def _select_relevance_score_fn(self) -> Callable[[float], float]:
+        return lambda score: score
+
+    def similarity_search_by_vector(
+        self, embedding: list[float], k: int = 4, filter: dict[str, Any] | None = None,
+        **kwargs: Any,
+    ) -> list[Document]:
+        """Return the `k` documents nearest to `embedding` (dense search)."""
+        return [doc for doc, _ in self._dense_by_vector(embedding, k, filter)]
+
+    def _dense_by_vector(
+        self, embedding: Any, k: int, filter: dict[str, Any] | None
+    ) -> list[tuple[Document, Any]]:
+        import numpy as np
+
+        where, params = compile_filter(filter)
+        vector = np.asarray(embedding, dtype=np.float32)
+        stmt = sql.SQL(
+            "WITH d AS MATERIALIZED (SELECT id, embedding <=> %s AS distance FROM {t} c"
+            " WHERE {where} ORDER BY embedding <=> %s LIMIT %s)"
+            " SELECT c.id, 1 - d.distance, c.content, c.title, c.source, c.metadata, c.embedding"
+            " FROM d JOIN {t} c USING (id) ORDER BY d.distance, c.id"
+        ).format(t=sql.Identifier(self.table), where=where)
+        with self.database.pool.connection() as conn, conn.transaction():
+            self._set_scan_options(conn, k)
+            rows = conn.execute(stmt, [vector, *params, vector, k]).fetchall()
+        return [(SearchHit(*row[:6]).to_document(), row[6]) for row in rows]
+
+    def max_marginal_relevance_search(
+        self, query: str, k: int = 4, fetch_k: int = 20, lambda_mult: float = 0.5,
+        filter: dict[str, Any] | None = None, **kwargs: Any,
+    ) -> list[Document]:
+        """Return `k` documents chosen among the `fetch_k` nearest for relevance and diversity."""
+        return self.max_marginal_relevance_search_by_vector(
+            self._embed_query(query).tolist(), k, fetch_k, lambda_mult, filter=filter)
+
+    def max_marginal_relevance_search_by_vector(
+        self, embedding: list[float], k: int = 4, fetch_k: int = 20, lambda_mult: float = 0.5,
+        filter: dict[str, Any] | None = None, **kwargs: Any,
+    ) -> list[Document]:
+        """MMR over the `fetch_k` dense neighbours of `embedding`."""
+        import numpy as np
+        from langchain_core.vectorstores.utils import maximal_marginal_relevance
+
+        candidates = self._dense_by_vector(embedding, max(fetch_k, k), filter)
+        if not candidates:
+            return []
+        chosen = maximal_marginal_relevance(
+            np.asarray(embedding, dtype=np.float32),
+            [np.asarray(vec, dtype=np.float32) for _, vec in candidates],
+            lambda_mult=lambda_mult, k=k)
+        return [candidates[i][0] for i in chosen]
+
+    @classmethod
+    def from_texts(
+        cls,
+        texts: list[str],
+        embedding: Embeddings,
+        metadatas: list[dict[Any, Any]] | None = None,
+        *,
+        ids: list[str] | None = None,
+        **kwargs: Any,
+    ) -> KnowledgeStore:
+        """Create a store (`database=` required, `collection=` optional) and add `texts`."""
+        database = kwargs.pop("database", None)
+        if database is None:
+            raise ConfigError("KnowledgeStore.from_texts needs database=Database.open(...)")
+        store = cls(database, embedding, **kwargs)
+        store.add_texts(texts, metadatas, ids=ids)
+        return store
+
+
+def check_mode(mode: str) -> SearchMode:
+    """Return `mode` if it is a search mode, else raise a `ConfigError` listing them."""
+    if mode not in SEARCH_MODES:
+        raise ConfigError(f"Unknown search mode {mode!r}; choose one of {', '.join(SEARCH_MODES)}")
+    return mode  # type: ignore[return-value]
+
+
+def list_collections(database: Database) -> list[dict[str, Any]]:
+    """Return every collection's name, model, dimension and chunk count."""
+    out = []
+    with database.pool.connection() as conn:
+        rows = conn.execute(
+            "SELECT name, table_name, embedding_model, dimension, created_at"
+            " FROM ragtune_collections ORDER BY name").fetchall()
+        for name, table, model, dimension, created in rows:
+            count = conn.execute(sql.SQL("SELECT count(*) FROM {}").format(
+                sql.Identifier(table))).fetchone()
+            out.append({"name": name, "embedding_model": model, "dimension": dimension,
+                        "chunks": int(count[0]) if count else 0, "created_at": created.isoformat()})
+    return out
+
+
+def drop_collection(database: Database, name: str) -> None:
+    """Drop collection `name` (its table and registry row); a missing one is a no-op."""
+    with database.pool.connection() as conn, conn.transaction():
+        row = conn.execute("DELETE FROM ragtune_collections WHERE name = %s RETURNING table_name",
+                           (name,)).fetchone()
+        if row is not None:
+            conn.execute(sql.SQL("DROP TABLE IF EXISTS {}").format(sql.Identifier(row[0])))
