@@ -51,7 +51,8 @@ def test_ingest_search_round_trip(cli_env: dict[str, str], corpus: Path,
     proc = run(cli_env, "ingest", str(corpus), "-c", collection_name, "--json")
     assert proc.returncode == 0, proc.stderr
     summary = json.loads(proc.stdout)
-    assert {"documents", "chunks", "new", "unchanged", "replaced", "seconds", "skipped"} <= set(summary)
+    keys = {"documents", "chunks", "new", "unchanged", "replaced", "seconds", "skipped"}
+    assert keys <= set(summary)
     assert (summary["documents"], summary["new"]) == (4, 4)
 
     again = json.loads(run(cli_env, "ingest", str(corpus), "-c", collection_name, "--json").stdout)

@@ -1,4 +1,4 @@
-"""The database layer: embedded server lifecycle, migrations, and connection failures (real Postgres)."""
+"""The database layer on a real Postgres: server lifecycle, migrations, connection failures."""
 
 from __future__ import annotations
 

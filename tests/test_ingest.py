@@ -50,7 +50,8 @@ def test_reingest_adds_nothing_and_changes_replace(fake_store: KnowledgeStore,
                                                    tmp_path: Path) -> None:
     folder = tmp_path / "docs"
     folder.mkdir()
-    for name, text in {"a.txt": "apples " * 400, "b.md": "# Bananas\n\nYellow.", "c.txt": "Cherry"}.items():
+    files = {"a.txt": "apples " * 400, "b.md": "# Bananas\n\nYellow.", "c.txt": "Cherry"}
+    for name, text in files.items():
         (folder / name).write_text(text)
     first = ingest_paths(fake_store, [folder], chunk_size=500, chunk_overlap=50)
     assert (first.documents, first.new, first.unchanged, first.replaced) == (3, 3, 0, 0)

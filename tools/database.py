@@ -292,7 +292,9 @@ _shared: dict[str, Database] = {}
 _shared_lock = threading.Lock()
 
 
-def shared_database(url: str | None = None, *, home: str | os.PathLike[str] | None = None) -> Database:
+def shared_database(
+    url: str | None = None, *, home: str | os.PathLike[str] | None = None
+) -> Database:
     """Return a process-wide `Database` for `url`/`home`, opening it on first use."""
     key = f"{url or os.environ.get(ENV_DATABASE_URL) or ''}|{ragtune_home(home)}"
     with _shared_lock:

@@ -138,7 +138,8 @@ def _compile_operator(
         return member if op == "$in" else sql.SQL("NOT {}").format(member)
     if op in _ORDER_SQL:
         if isinstance(operand, bool) or not isinstance(operand, (int, float, str)):
-            raise FilterError(f"{op} on field {field!r} takes a number or a string, got {operand!r}")
+            raise FilterError(
+                f"{op} on field {field!r} takes a number or a string, got {operand!r}")
         encoded = json.dumps(operand)
         params.extend([field, encoded, field, encoded])
         return sql.SQL(
@@ -156,7 +157,8 @@ def _check_json(field: str, op: str, operand: Any) -> None:
     if isinstance(operand, float) and operand != operand:
         raise FilterError(f"{op} on field {field!r}: NaN cannot be compared")
     if not isinstance(operand, _SCALARS + (list, dict)):
-        raise FilterError(f"{op} on field {field!r} takes a JSON value, got {type(operand).__name__}")
+        raise FilterError(
+            f"{op} on field {field!r} takes a JSON value, got {type(operand).__name__}")
 
 
 def _join(parts: list[sql.Composable], word: str) -> sql.Composable:

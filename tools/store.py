@@ -39,7 +39,7 @@ if TYPE_CHECKING:
     import psycopg
 
 SearchMode = Literal["dense", "text", "hybrid"]
-SEARCH_MODES: tuple[str, ...] = get_args(SearchMode)
+SEARCH_MODES: tuple[SearchMode, ...] = get_args(SearchMode)
 DEFAULT_COLLECTION = "default"
 
 
@@ -269,10 +269,12 @@ class KnowledgeStore(VectorStore):
     def _embed(self, texts: Sequence[str]) -> np.ndarray:
         import numpy as np
 
+        if not texts:
+            return np.zeros((0, self.dimension), dtype=np.float32)
         fast = getattr(self._embeddings, "embed_documents_array", None)
         vectors = fast(list(texts)) if fast else self._embeddings.embed_documents(list(texts))
         array = np.asarray(vectors, dtype=np.float32)
-        if len(texts) and array.shape != (len(texts), self.dimension):
+        if array.shape != (len(texts), self.dimension):
             raise DimensionMismatchError(
                 f"The embedding model returned vectors of shape {array.shape}; collection "
                 f"{self.collection!r} holds {self.dimension}-d vectors"
@@ -396,7 +398,7 @@ class KnowledgeStore(VectorStore):
                 report.new += 1
             to_embed += [(item, cid, idx, text) for cid, (idx, text) in ids.items()
                          if cid not in old]
-        vectors = self._embed([text for *_, text in to_embed]) if to_embed else []
+        vectors = self._embed([text for *_, text in to_embed])
         rows = [
             (cid, item.source, idx, item.title, text,
              Jsonb(item.metadata), vec)
@@ -509,8 +511,9 @@ class KnowledgeStore(VectorStore):
             "SELECT id, embedding <=> %s AS distance FROM {t} c WHERE {where}"
             " ORDER BY embedding <=> %s LIMIT %s").format(t=t, where=where)
         text = sql.SQL(
-            "SELECT id, ts_rank_cd(fts, qq.q) AS rank FROM {t} c, {tsq} WHERE fts @@ qq.q AND {where}"
-            " ORDER BY rank DESC, id LIMIT %s").format(t=t, tsq=tsquery, where=where)
+            "SELECT id, ts_rank_cd(fts, qq.q) AS rank FROM {t} c, {tsq}"
+            " WHERE fts @@ qq.q AND {where} ORDER BY rank DESC, id LIMIT %s"
+        ).format(t=t, tsq=tsquery, where=where)
         if mode == "dense":
             stmt = sql.SQL(
                 "WITH d AS MATERIALIZED ({dense}) SELECT {cols} FROM d JOIN {t} c USING (id)"
@@ -600,7 +603,7 @@ class KnowledgeStore(VectorStore):
             return []
         chosen = maximal_marginal_relevance(
             np.asarray(embedding, dtype=np.float32),
-            [np.asarray(vec, dtype=np.float32) for _, vec in candidates],
+            [np.asarray(vec, dtype=np.float32).tolist() for _, vec in candidates],
             lambda_mult=lambda_mult, k=k)
         return [candidates[i][0] for i in chosen]
 
@@ -627,7 +630,7 @@ def check_mode(mode: str) -> SearchMode:
     """Return `mode` if it is a search mode, else raise a `ConfigError` listing them."""
     if mode not in SEARCH_MODES:
         raise ConfigError(f"Unknown search mode {mode!r}; choose one of {', '.join(SEARCH_MODES)}")
-    return mode  # type: ignore[return-value]
+    return mode
 
 
 def list_collections(database: Database) -> list[dict[str, Any]]:

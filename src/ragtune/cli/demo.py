@@ -12,6 +12,7 @@ import os
 import sys
 from pathlib import Path
 
+from ragtune.tools.loaders import Format
 from ragtune.tools.store import SEARCH_MODES
 
 ENV_DATA_DIR = "RAGTUNE_DATA_DIR"
@@ -56,6 +57,8 @@ def run_demo(args: argparse.Namespace) -> int:
     from ragtune.tools.ingest import ingest_paths
     from ragtune.tools.store import KnowledgeStore
 
+    corpus: Path
+    fmt: Format
     data_dir = None if args.sample else find_data_dir()
     if data_dir is not None and (data_dir / HOTPOTQA_TUNE).is_file():
         corpus, fmt, queries = data_dir / HOTPOTQA_TUNE, "hotpotqa", HOTPOTQA_QUERIES
@@ -67,14 +70,14 @@ def run_demo(args: argparse.Namespace) -> int:
         store = KnowledgeStore(db, load_embeddings(), args.collection)
         print(f"ingesting {corpus.name} ({fmt}) into collection {args.collection!r} ...",
               flush=True)
-        summary = ingest_paths(store, [corpus], fmt=fmt)  # type: ignore[arg-type]
+        summary = ingest_paths(store, [corpus], fmt=fmt)
         print(f"  {summary.documents} documents, {summary.chunks} chunks: {summary.new} new, "
               f"{summary.unchanged} unchanged, {summary.replaced} replaced "
               f"in {summary.seconds:.1f} s")
         for query in queries:
             print(f"\nQ: {query}")
             for mode in SEARCH_MODES:
-                hits = store.retrieve(query, args.k, mode=mode)  # type: ignore[arg-type]
+                hits = store.retrieve(query, args.k, mode=mode)
                 titles = ", ".join(h.title or h.source for h in hits)
                 print(f"  {mode:>6}: {titles}")
     sys.stdout.flush()
