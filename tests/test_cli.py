@@ -103,6 +103,19 @@ def test_ingest_bad_inputs(cli_env: dict[str, str], tmp_path: Path, collection_n
     binary.write_bytes(b"\x00\x01\x02binary\x00")
     assert_clean_error(run(cli_env, "ingest", str(binary), "-c", collection_name),
                        InputError.exit_code, "blob.txt")
+    blank = tmp_path / "blank.txt"
+    blank.write_text("  \n\t \n")
+    assert_clean_error(run(cli_env, "ingest", str(blank), "-c", collection_name),
+                       InputError.exit_code, "blank.txt")
+    latin = tmp_path / "latin1.txt"
+    latin.write_bytes("caf\u00e9 cr\u00e8me".encode("latin-1"))
+    assert_clean_error(run(cli_env, "ingest", str(latin), "-c", collection_name),
+                       InputError.exit_code, "latin1.txt", "UTF-8")
+    huge = tmp_path / "huge.txt"
+    with huge.open("wb") as out:
+        out.write(b"word " * (10 * 1024 * 1024))  # 50 MB
+    assert_clean_error(run(cli_env, "ingest", str(huge), "-c", collection_name),
+                       InputError.exit_code, "huge.txt")
     assert_clean_error(run(cli_env, "ingest", str(bad), "-c", collection_name,
                            "--chunk-size", "100", "--chunk-overlap", "200"),
                        ConfigError.exit_code, "chunk-overlap")

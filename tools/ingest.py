@@ -22,6 +22,8 @@ DEFAULT_CHUNK_SIZE = 1000
 DEFAULT_CHUNK_OVERLAP = 150
 # Sources per write; each batch is one transaction and one embedding call.
 DEFAULT_BATCH_CHUNKS = 256
+# Larger files are refused (with their size and this limit), never truncated.
+DEFAULT_MAX_FILE_BYTES = 20 * 1024 * 1024
 
 
 @dataclass
@@ -136,6 +138,7 @@ def ingest_paths(
     chunk_size: int = DEFAULT_CHUNK_SIZE,
     chunk_overlap: int = DEFAULT_CHUNK_OVERLAP,
     batch_chunks: int = DEFAULT_BATCH_CHUNKS,
+    max_file_bytes: int = DEFAULT_MAX_FILE_BYTES,
     on_batch: Callable[[IngestSummary], None] | None = None,
 ) -> IngestSummary:
     """Ingest files and folders (see `ragtune.tools.loaders` for formats) into `store`.
@@ -146,7 +149,8 @@ def ingest_paths(
     """
     skipped: list[str] = []
     make_splitter(chunk_size, chunk_overlap)  # reject bad settings before reading anything
-    documents = iter_documents(paths, fmt, skip_bad=skip_bad, on_skip=skipped.append)
+    documents = iter_documents(paths, fmt, skip_bad=skip_bad, on_skip=skipped.append,
+                               max_file_bytes=max_file_bytes)
     summary = ingest_documents(store, documents, chunk_size=chunk_size,
                                chunk_overlap=chunk_overlap, batch_chunks=batch_chunks,
                                on_batch=on_batch)

@@ -29,6 +29,8 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
                    help="max characters per chunk (default 1000)")
     p.add_argument("--chunk-overlap", type=int, default=150, metavar="N",
                    help="characters shared by consecutive chunks (default 150)")
+    p.add_argument("--max-file-mb", type=float, default=20, metavar="MB",
+                   help="refuse files larger than this (default 20 MB)")
     p.add_argument("--skip-bad", action="store_true",
                    help="skip unusable files and JSONL lines (listed in the summary)")
     p.add_argument("--embeddings", default=None, metavar="SPEC",
@@ -104,6 +106,7 @@ def run_ingest(args: argparse.Namespace) -> int:
         with open_store(args) as store:
             summary = ingest_paths(store, args.paths, fmt=args.format, skip_bad=args.skip_bad,
                                    chunk_size=args.chunk_size, chunk_overlap=args.chunk_overlap,
+                                   max_file_bytes=int(args.max_file_mb * 1024 * 1024),
                                    on_batch=progress)
     finally:
         if bar is not None:
