@@ -16,11 +16,11 @@ import os
 import tempfile
 import threading
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ragtune.errors import ConfigError, DatabaseError
+from ragtune.tools.schema import MIGRATIONS, Migration
 
 if TYPE_CHECKING:
     import psycopg
@@ -35,33 +35,6 @@ CONNECT_TIMEOUT_S = 10
 _MIGRATION_LOCK_KEY = 727_274_001
 
 
-@dataclass(frozen=True)
-class Migration:
-    """One schema step; `sql` must be safe to run once on the previous version."""
-
-    version: int
-    description: str
-    sql: str
-
-
-MIGRATIONS: tuple[Migration, ...] = (
-    Migration(
-        1,
-        "pgvector and the collection registry",
-        """
-        CREATE EXTENSION IF NOT EXISTS vector;
-        CREATE TABLE IF NOT EXISTS ragtune_collections (
-            name            text PRIMARY KEY,
-            table_name      text NOT NULL UNIQUE,
-            embedding_model text NOT NULL,
-            dimension       integer NOT NULL CHECK (dimension > 0),
-            hnsw_m          integer NOT NULL,
-            hnsw_ef_construction integer NOT NULL,
-            created_at      timestamptz NOT NULL DEFAULT now()
-        );
-        """,
-    ),
-)
 SCHEMA_VERSION = MIGRATIONS[-1].version
 
 

@@ -5,7 +5,7 @@ generated `tsvector` under GIN, JSONB metadata under GIN) registered in `ragtune
 the embedding model and dimension it was built with; opening it with another model is an error.
 
 Searches run in three modes: `dense` (HNSW, with pgvector 0.8 iterative scans so filtered queries
-still return k rows), `text` (full-text, any query term may match) and `hybrid` (reciprocal-rank
+still return k rows), `text` (BM25 over full-text lexemes, any query term may match) and `hybrid` (reciprocal-rank
 fusion of both; the default). Writes are batched: rows go in by binary COPY into a staging table,
 then one `INSERT ... ON CONFLICT` per batch, in one transaction.
 
@@ -33,6 +33,7 @@ from psycopg.types.json import Jsonb
 from ragtune.errors import ConfigError, DimensionMismatchError, InputError
 from ragtune.tools.database import Database
 from ragtune.tools.filters import compile_filter
+from ragtune.tools.schema import collection_ddl, drop_collection_ddl
 
 if TYPE_CHECKING:
     import numpy as np
@@ -78,6 +79,19 @@ class HybridSettings:
     text_weight: float = 1.0
     rrf_k: int = 60
     candidates: int = 60
+
+
+@dataclass(frozen=True)
+class TextSettings:
+    """BM25 parameters of the full-text ranking.
+
+    Attributes:
+        k1: Term-frequency saturation.
+        b: Length normalisation (0: none, 1: full).
+    """
+
+    k1: float = 1.2
+    b: float = 0.75
 
 
 @dataclass
@@ -156,6 +170,7 @@ class KnowledgeStore(VectorStore):
         mode: The default search mode for `similarity_search` and retrievers.
         index: HNSW settings; `m` and `ef_construction` apply when the collection is created.
         hybrid: Fusion settings for `hybrid` mode.
+        text: BM25 settings for `text` and `hybrid` modes.
         embedding_model: The name recorded for `embeddings` (derived from it when omitted).
     """
 
@@ -168,6 +183,7 @@ class KnowledgeStore(VectorStore):
         mode: SearchMode = "hybrid",
         index: IndexSettings | None = None,
         hybrid: HybridSettings | None = None,
+        text: TextSettings | None = None,
         embedding_model: str | None = None,
         create: bool = True,
     ) -> None:
@@ -181,6 +197,7 @@ class KnowledgeStore(VectorStore):
         self.mode: SearchMode = mode
         self.index = index or IndexSettings()
         self.hybrid = hybrid or HybridSettings()
+        self.text = text or TextSettings()
         name, dimension = describe_embeddings(embeddings)
         self.embedding_model = embedding_model or name
         self.dimension = dimension
@@ -222,36 +239,9 @@ class KnowledgeStore(VectorStore):
             return table
 
     def _create_table(self, conn: psycopg.Connection[Any], table: str) -> None:
-        t = sql.Identifier(table)
-        conn.execute(
-            sql.SQL(
-                """
-                CREATE TABLE {t} (
-                    id          text PRIMARY KEY,
-                    source      text NOT NULL,
-                    chunk_index integer NOT NULL DEFAULT 0,
-                    title       text,
-                    content     text NOT NULL,
-                    metadata    jsonb NOT NULL DEFAULT '{{}}',
-                    embedding   vector({dim}) NOT NULL,
-                    fts tsvector GENERATED ALWAYS AS (
-                        setweight(to_tsvector('english', coalesce(title, '')), 'A')
-                        || setweight(to_tsvector('english', content), 'B')) STORED,
-                    created_at  timestamptz NOT NULL DEFAULT now()
-                )"""
-            ).format(t=t, dim=sql.Literal(self.dimension))
-        )
-        conn.execute(
-            sql.SQL(
-                "CREATE INDEX {i} ON {t} USING hnsw (embedding vector_cosine_ops)"
-                " WITH (m = {m}, ef_construction = {ef})"
-            ).format(i=sql.Identifier(f"{table}_hnsw"), t=t, m=sql.Literal(self.index.m),
-                     ef=sql.Literal(self.index.ef_construction))
-        )
-        for suffix, method in (("fts", "gin (fts)"), ("meta", "gin (metadata jsonb_path_ops)"),
-                               ("source", "btree (source)")):
-            conn.execute(sql.SQL("CREATE INDEX {i} ON {t} USING " + method).format(
-                i=sql.Identifier(f"{table}_{suffix}"), t=t))
+        for statement in collection_ddl(table, self.dimension, self.index.m,
+                                        self.index.ef_construction):
+            conn.execute(statement)
 
     def delete_collection(self) -> None:
         """Drop this collection: its table and its registry row."""
@@ -465,7 +455,7 @@ class KnowledgeStore(VectorStore):
     ) -> list[SearchHit]:
         """Return the `k` best chunks for `query` in `mode` (the store's default when None).
 
-        Scores: cosine similarity (`dense`), `ts_rank_cd` (`text`), fused RRF score (`hybrid`).
+        Scores: cosine similarity (`dense`), BM25 (`text`), fused RRF score (`hybrid`).
         """
         mode = check_mode(mode or self.mode)
         if not isinstance(query, str) or not query.strip():
@@ -502,32 +492,25 @@ class KnowledgeStore(VectorStore):
     def _search_sql(
         self, mode: str, k: int, query: str, vector: Any, where: sql.Composable, params: list[Any]
     ) -> tuple[sql.Composable, list[Any]]:
+        """Return the statement and parameters of one search (ids and scores, best first)."""
         t = sql.Identifier(self.table)
         cols = sql.SQL("c.id, {score}, c.content, c.title, c.source, c.metadata")
-        # Any query term may match (OR of the stemmed terms), ranked by cover density.
-        tsquery = sql.SQL(
-            "(SELECT replace(plainto_tsquery('english', %s)::text, ' & ', ' | ')::tsquery AS q) qq")
-        dense = sql.SQL(
-            "SELECT id, embedding <=> %s AS distance FROM {t} c WHERE {where}"
-            " ORDER BY embedding <=> %s LIMIT %s").format(t=t, where=where)
-        text = sql.SQL(
-            "SELECT id, ts_rank_cd(fts, qq.q) AS rank FROM {t} c, {tsq}"
-            " WHERE fts @@ qq.q AND {where} ORDER BY rank DESC, id LIMIT %s"
-        ).format(t=t, tsq=tsquery, where=where)
+        n = max(self.hybrid.candidates, k) if mode == "hybrid" else k
+        dense, dense_args = self._dense_sql(vector, n, where, params)
+        text, text_args = self._bm25_sql(query, n, where, params)
         if mode == "dense":
             stmt = sql.SQL(
                 "WITH d AS MATERIALIZED ({dense}) SELECT {cols} FROM d JOIN {t} c USING (id)"
                 " ORDER BY d.distance, c.id").format(
                 dense=dense, t=t, cols=cols.format(score=sql.SQL("1 - d.distance")))
-            return stmt, [vector, *params, vector, k]
+            return stmt, dense_args
         if mode == "text":
             stmt = sql.SQL(
                 "WITH x AS ({text}) SELECT {cols} FROM x JOIN {t} c USING (id)"
                 " ORDER BY x.rank DESC, c.id").format(
                 text=text, t=t, cols=cols.format(score=sql.SQL("x.rank")))
-            return stmt, [query, *params, k]
+            return stmt, text_args
         h = self.hybrid
-        n = max(h.candidates, k)
         stmt = sql.SQL(
             "WITH d0 AS MATERIALIZED ({dense}),"
             " d AS (SELECT id, row_number() OVER (ORDER BY distance, id) AS r FROM d0),"
@@ -536,9 +519,50 @@ class KnowledgeStore(VectorStore):
             "       FROM d FULL OUTER JOIN x USING (id))"
             " SELECT {cols} FROM f JOIN {t} c USING (id) ORDER BY f.s DESC, c.id LIMIT %s"
         ).format(dense=dense, text=text, t=t, cols=cols.format(score=sql.SQL("f.s")))
-        return stmt, [vector, *params, vector, n, query, *params, n,
-                      float(h.dense_weight), float(h.rrf_k), float(h.text_weight),
-                      float(h.rrf_k), k]
+        return stmt, [*dense_args, *text_args, float(h.dense_weight), float(h.rrf_k),
+                      float(h.text_weight), float(h.rrf_k), k]
+
+    def _dense_sql(
+        self, vector: Any, n: int, where: sql.Composable, params: list[Any]
+    ) -> tuple[sql.Composable, list[Any]]:
+        """Nearest `n` rows by cosine distance (HNSW; iterative scan honours the filter)."""
+        stmt = sql.SQL(
+            "SELECT id, embedding <=> %s AS distance FROM {t} c WHERE {where}"
+            " ORDER BY embedding <=> %s LIMIT %s").format(t=sql.Identifier(self.table),
+                                                         where=where)
+        return stmt, [vector, *params, vector, n]
+
+    def _bm25_sql(
+        self, query: str, n: int, where: sql.Composable, params: list[Any]
+    ) -> tuple[sql.Composable, list[Any]]:
+        """Best `n` rows by BM25 among the rows matching any query term (GIN), as (id, rank).
+
+        Document frequencies and the average length come from the trigger-maintained statistics
+        (see `ragtune.tools.schema`); term frequencies from the positions of the query's lexemes
+        in each row's tsvector (cut down to those lexemes first with setweight + ts_filter, so
+        the cost does not grow with document length).
+        """
+        k1, b = self.text.k1, self.text.b
+        stmt = sql.SQL(
+            "WITH qt AS MATERIALIZED ("
+            "   SELECT w.lexeme, ln(1 + (s.docs - w.df + 0.5) / (w.df + 0.5)) AS idf,"
+            "          greatest(s.total_len::float8 / greatest(s.docs, 1), 1) AS avgdl"
+            "   FROM ragtune_text_terms w JOIN ragtune_text_stats s USING (table_name)"
+            "   WHERE w.table_name = %s AND w.df > 0"
+            "     AND w.lexeme = ANY(tsvector_to_array(to_tsvector('english', %s)))),"
+            " ql AS (SELECT coalesce(array_agg(lexeme), '{{}}') AS lexemes FROM qt),"
+            " qq AS (SELECT replace(plainto_tsquery('english', %s)::text, ' & ', ' | ')::tsquery"
+            "        AS q)"
+            " SELECT c.id, sum(qt.idf * u.tf * (%s + 1)"
+            "        / (u.tf + %s * (1 - %s + %s * length(c.fts) / qt.avgdl))) AS rank"
+            " FROM {t} c CROSS JOIN ql CROSS JOIN qq,"
+            "      LATERAL (SELECT lexeme, greatest(cardinality(positions), 1)::float8 AS tf"
+            "               FROM unnest(ts_filter(setweight(c.fts, 'A', ql.lexemes), '{{a}}'))) u"
+            " JOIN qt ON qt.lexeme = u.lexeme"
+            " WHERE c.fts @@ qq.q AND {where}"
+            " GROUP BY c.id ORDER BY rank DESC, c.id LIMIT %s"
+        ).format(t=sql.Identifier(self.table), where=where)
+        return stmt, [self.table, query, query, k1, k1, b, b, *params, n]
 
     def similarity_search(
         self, query: str, k: int = 4, filter: dict[str, Any] | None = None, **kwargs: Any
@@ -654,4 +678,5 @@ def drop_collection(database: Database, name: str) -> None:
         row = conn.execute("DELETE FROM ragtune_collections WHERE name = %s RETURNING table_name",
                            (name,)).fetchone()
         if row is not None:
-            conn.execute(sql.SQL("DROP TABLE IF EXISTS {}").format(sql.Identifier(row[0])))
+            for statement in drop_collection_ddl(row[0]):
+                conn.execute(statement)
