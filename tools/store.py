@@ -5,8 +5,8 @@ generated `tsvector` under GIN, JSONB metadata under GIN) registered in `ragtune
 the embedding model and dimension it was built with; opening it with another model is an error.
 
 Searches run in three modes: `dense` (HNSW, with pgvector 0.8 iterative scans so filtered queries
-still return k rows), `text` (BM25 over full-text lexemes, any query term may match) and `hybrid` (reciprocal-rank
-fusion of both; the default). Writes are batched: rows go in by binary COPY into a staging table,
+still return k rows), `text` (BM25 over full-text lexemes; any query term may match) and `hybrid`
+(reciprocal-rank fusion of both; the default). Writes are batched: rows go in by binary COPY into a staging table,
 then one `INSERT ... ON CONFLICT` per batch, in one transaction.
 
 Chunk ids derive from collection + source + content, so writing the same chunk twice adds nothing;
