@@ -6,8 +6,8 @@ the embedding model and dimension it was built with; opening it with another mod
 
 Searches run in three modes: `dense` (HNSW, with pgvector 0.8 iterative scans so filtered queries
 still return k rows), `text` (BM25 over full-text lexemes; any query term may match) and `hybrid`
-(reciprocal-rank fusion of both; the default). Writes are batched: rows go in by binary COPY into a staging table,
-then one `INSERT ... ON CONFLICT` per batch, in one transaction.
+(reciprocal-rank fusion of both; the default). Writes are batched: rows go in by binary COPY into
+a staging table, then one `INSERT ... ON CONFLICT` per batch, in one transaction.
 
 Chunk ids derive from collection + source + content, so writing the same chunk twice adds nothing;
 `upsert_sources` replaces a source's old chunks atomically when its content changed.
