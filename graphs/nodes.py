@@ -1,0 +1,230 @@
+"""The orchestrator's nodes: thin async wrappers that call core functions and report a trace.
+
+Every node runs its blocking work (database I/O, embeddings, model generation) in a worker thread
+via `asyncio.to_thread`, so the event loop (and LangGraph's dev server) never blocks. Each returns
+a partial state: its results, `steps: 1`, and one `TraceEvent` saying what it decided and why.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from langchain_core.documents import Document
+from langgraph.runtime import Runtime
+
+from ragtune.agents.context import Context
+from ragtune.errors import InputError
+from ragtune.graphs.resources import Resources
+from ragtune.graphs.state import AgentState, Citation, SolveState, SubQuestion, TraceEvent
+
+
+def context_of(runtime: Runtime[Context] | None) -> Context:
+    """Return the run's `Context` (defaults when the caller passed none)."""
+    context = getattr(runtime, "context", None)
+    if context is None:
+        return Context()
+    if isinstance(context, dict):
+        return Context(**context)
+    return context
+
+
+def validate_question(question: Any, max_chars: int) -> str:
+    """Return the stripped question, or raise `InputError` saying what is wrong with it."""
+    if not isinstance(question, str):
+        raise InputError(f"The question must be a string, not {type(question).__name__}")
+    text = question.strip()
+    if not text:
+        raise InputError("The question is empty")
+    if len(text) > max_chars:
+        raise InputError(f"The question has {len(text)} characters; the limit is {max_chars} "
+                         "(Context.max_question_chars)")
+    return text
+
+
+def event(state: Mapping[str, Any], node: str, decision: str, started: float,
+          **extra: Any) -> TraceEvent:
+    """Build the trace event of a node that started at `started` (perf_counter seconds)."""
+    return TraceEvent(step=state.get("steps", 0) + 1, node=node, decision=decision,
+                      elapsed_ms=round((time.perf_counter() - started) * 1000, 2),
+                      **extra)  # type: ignore[typeddict-item]
+
+
+def citations_of(documents: Sequence[Document]) -> list[Citation]:
+    """Return the citation records of `documents`."""
+    return [Citation(id=str(d.id), title=d.metadata.get("title"),
+                     source=str(d.metadata.get("source", ""))) for d in documents]
+
+
+class OrchestratorNodes:
+    """The node functions, bound to the `Resources` they draw models and the store from."""
+
+    def __init__(self, resources: Resources) -> None:
+        self.resources = resources
+
+    async def route(self, state: AgentState, runtime: Runtime[Context]) -> dict[str, Any]:
+        """Choose the first action for the question: retrieve, decompose or specialist."""
+        started = time.perf_counter()
+        ctx = context_of(runtime)
+        question = validate_question(state.get("question"), ctx.max_question_chars)
+        router = await asyncio.to_thread(self.resources.router, ctx)
+        decision = await asyncio.to_thread(router.route, question)
+        return {
+            "question": question, "route": decision.action, "query": question, "steps": 1,
+            "trace": [event(state, "route", decision.action, started, policy=decision.policy,
+                            reason=decision.reason, scores=decision.scores,
+                            detail={"fallback": decision.fallback,
+                                    "decision_ms": decision.elapsed_ms})],
+        }
+
+    async def retrieve(self, state: AgentState, runtime: Runtime[Context]) -> dict[str, Any]:
+        """Retrieve paragraphs for the current query."""
+        started = time.perf_counter()
+        ctx = context_of(runtime)
+        query = state.get("query") or state["question"]
+        store = await asyncio.to_thread(self.resources.store, ctx)
+        hits = await asyncio.to_thread(store.retrieve, query, ctx.k, mode=ctx.search_mode)
+        docs = [h.to_document() for h in hits]
+        return {
+            "documents": docs, "retrievals": 1, "steps": 1,
+            "trace": [event(state, "retrieve", f"{len(docs)} paragraphs", started,
+                            reason=f"{ctx.search_mode} search, k={ctx.k}",
+                            detail={"query": query, "titles": [d.metadata.get("title")
+                                                               for d in docs]})],
+        }
+
+    async def check_evidence(self, state: AgentState,
+                             runtime: Runtime[Context]) -> dict[str, Any]:
+        """Decide whether the evidence covers the question; if not, rewrite the query."""
+        from ragtune.agents.evidence import check_evidence, rewrite_query
+
+        started = time.perf_counter()
+        ctx = context_of(runtime)
+        docs = state.get("documents", [])
+        check = check_evidence(state["question"], docs, ctx.evidence_threshold)
+        update: dict[str, Any] = {"evidence_ok": check.enough, "steps": 1}
+        reason = f"coverage {check.coverage:.2f} (threshold {ctx.evidence_threshold})"
+        if not check.enough:
+            update["query"] = rewrite_query(state["question"], check.missing, docs)
+            reason += f"; missing {', '.join(check.missing) or 'paragraphs'}"
+        update["trace"] = [event(state, "check_evidence", "enough" if check.enough else "more",
+                                 started, reason=reason, scores={"coverage": check.coverage},
+                                 detail={"next_query": update.get("query")})]
+        return update
+
+    async def decompose(self, state: AgentState, runtime: Runtime[Context]) -> dict[str, Any]:
+        """Split the question into sub-questions (later ones may use `#n` references)."""
+        from ragtune.agents.decomposer import decompose_question
+
+        started = time.perf_counter()
+        ctx = context_of(runtime)
+        model = await asyncio.to_thread(self.resources.chat_model, ctx)
+        result = await asyncio.to_thread(decompose_question, state["question"], model,
+                                         prompt=ctx.decompose_prompt, max_hops=ctx.max_hops)
+        plan = [SubQuestion(index=i, question=q, depends_on=deps)
+                for i, (q, deps) in enumerate(zip(result.sub_questions, result.dependencies,
+                                                  strict=True), 1)]
+        return {
+            "sub_questions": plan, "steps": 1,
+            "trace": [event(state, "decompose", f"{len(plan)} sub-questions", started,
+                            reason=result.reason,
+                            detail={"sub_questions": result.sub_questions,
+                                    "fallback": result.fallback})],
+        }
+
+    async def solve(self, state: SolveState, runtime: Runtime[Context]) -> dict[str, Any]:
+        """Answer one sub-question: route it (retrieve or specialist), then run that route."""
+        from ragtune.agents.answerer import answer_from_documents
+        from ragtune.agents.specialist import ask_specialist
+
+        started = time.perf_counter()
+        ctx = context_of(runtime)
+        question = state["question"]
+        router = await asyncio.to_thread(self.resources.router, ctx)
+        decision = await asyncio.to_thread(router.route, question,
+                                           allowed=("retrieve", "specialist"))
+        docs: list[Document] = []
+        retrievals = 0
+        if decision.action == "specialist":
+            model = await asyncio.to_thread(self.resources.specialist_model, ctx)
+            reply = await asyncio.to_thread(ask_specialist, question, model,
+                                            prompt=ctx.specialist_prompt,
+                                            max_tokens=ctx.max_answer_tokens)
+            text, usage = reply.text, reply.usage
+        else:
+            store = await asyncio.to_thread(self.resources.store, ctx)
+            hits = await asyncio.to_thread(store.retrieve, question, ctx.k, mode=ctx.search_mode)
+            docs, retrievals = [h.to_document() for h in hits], 1
+            model = await asyncio.to_thread(self.resources.chat_model, ctx)
+            result = await asyncio.to_thread(answer_from_documents, question, docs, model,
+                                             prompt=ctx.answer_prompt,
+                                             max_tokens=ctx.max_answer_tokens)
+            text, usage = result.text, result.usage
+        sub_answer = {"index": state["index"], "question": question, "answer": text,
+                      "route": decision.action, "document_ids": [str(d.id) for d in docs]}
+        return {
+            "sub_answers": [sub_answer], "documents": docs, "retrievals": retrievals,
+            "steps": 1, "usage": usage,
+            "trace": [event(state, f"solve #{state['index']}", decision.action, started,
+                            policy=decision.policy, reason=decision.reason,
+                            scores=decision.scores,
+                            detail={"question": question, "answer": text})],
+        }
+
+    async def specialist(self, state: AgentState, runtime: Runtime[Context]) -> dict[str, Any]:
+        """Ask the specialist model (no retrieval)."""
+        from ragtune.agents.specialist import ask_specialist
+
+        started = time.perf_counter()
+        ctx = context_of(runtime)
+        model = await asyncio.to_thread(self.resources.specialist_model, ctx)
+        reply = await asyncio.to_thread(ask_specialist, state["question"], model,
+                                        prompt=ctx.specialist_prompt,
+                                        max_tokens=ctx.max_answer_tokens)
+        return {
+            "specialist_answer": reply.text, "steps": 1, "usage": reply.usage,
+            "trace": [event(state, "specialist", "answered", started,
+                            reason=f"model {ctx.specialist_model}",
+                            detail={"answer": reply.text})],
+        }
+
+    async def answer(self, state: AgentState, runtime: Runtime[Context]) -> dict[str, Any]:
+        """Write the final short answer with citations, from whatever the run gathered."""
+        from ragtune.agents.answerer import AnswerResult, answer_from_documents, compose_answer
+        from ragtune.graphs.routing import budget_exhausted
+
+        started = time.perf_counter()
+        ctx = context_of(runtime)
+        docs = state.get("documents", [])
+        sub_answers = state.get("sub_answers", [])
+        planned = len(state.get("sub_questions", []))
+        exhausted = budget_exhausted(state, ctx) or (planned > len(sub_answers)) or (
+            state.get("evidence_ok") is False)
+        if state.get("specialist_answer") is not None:
+            result = AnswerResult(state["specialist_answer"])
+            how = "specialist answer"
+        elif sub_answers:
+            model = await asyncio.to_thread(self.resources.chat_model, ctx)
+            facts = [(a["question"], a["answer"]) for a in sub_answers]
+            result = await asyncio.to_thread(compose_answer, state["question"], facts, docs,
+                                             model, max_tokens=ctx.max_answer_tokens)
+            how = f"composed from {len(facts)} sub-answers"
+        elif docs:
+            model = await asyncio.to_thread(self.resources.chat_model, ctx)
+            result = await asyncio.to_thread(answer_from_documents, state["question"], docs,
+                                             model, prompt=ctx.answer_prompt,
+                                             max_tokens=ctx.max_answer_tokens)
+            how = f"answered from {len(docs)} paragraphs"
+        else:
+            result = AnswerResult("")
+            how = "nothing to answer from"
+        reason = how + ("; a budget ran out, answering with what was gathered"
+                        if exhausted else "")
+        return {
+            "answer": result.text, "citations": citations_of(result.citations),
+            "exhausted": exhausted, "steps": 1, "usage": result.usage,
+            "trace": [event(state, "answer", "answered", started, reason=reason,
+                            detail={"answer": result.text})],
+        }

@@ -1,0 +1,125 @@
+"""The resources a run needs (knowledge store, chat models, router), created lazily and cached.
+
+The graph reads everything it can from the run's `Context` (model specs, collection, database URL,
+policy), so one compiled graph serves any configuration: `Resources` turns those strings into live
+objects once per process and reuses them. An embedding application can pin explicit objects
+instead (`Resources(store=..., chat_model=...)`); pinned objects win over the context's strings.
+"""
+
+from __future__ import annotations
+
+import threading
+from typing import TYPE_CHECKING, Any
+
+from ragtune.agents.context import Context
+
+if TYPE_CHECKING:
+    from langchain_core.embeddings import Embeddings
+    from langchain_core.language_models import BaseChatModel
+
+    from ragtune.tools.store import KnowledgeStore
+
+
+class Resources:
+    """Live objects behind a `Context`, cached per process and closed by `close()`.
+
+    Args:
+        store: A knowledge store to use whatever the context's collection says.
+        chat_model: The chat model for decomposition, answers and the llm router.
+        specialist_model: The specialist model.
+        router: A router object (see `ragtune.agents.router`).
+        embeddings: The embedding model for stores opened from the context.
+    """
+
+    def __init__(
+        self,
+        *,
+        store: KnowledgeStore | None = None,
+        chat_model: BaseChatModel | None = None,
+        specialist_model: BaseChatModel | None = None,
+        router: Any = None,
+        embeddings: Embeddings | None = None,
+    ) -> None:
+        self._pinned_store = store
+        self._pinned_chat = chat_model
+        self._pinned_specialist = specialist_model
+        self._pinned_router = router
+        self._embeddings = embeddings
+        self._cache: dict[tuple[Any, ...], Any] = {}
+        self._lock = threading.RLock()
+
+    def _cached(self, key: tuple[Any, ...], make: Any) -> Any:
+        with self._lock:
+            if key not in self._cache:
+                self._cache[key] = make()
+            return self._cache[key]
+
+    def embeddings(self) -> Embeddings:
+        """Return the embedding model (the pinned store's, else the default)."""
+        if self._pinned_store is not None:
+            return self._pinned_store.embeddings
+        if self._embeddings is None:
+            from ragtune.tools.embeddings import load_embeddings
+
+            self._embeddings = self._cached(("embeddings",), load_embeddings)
+        return self._embeddings
+
+    def store(self, context: Context) -> KnowledgeStore:
+        """Return the pinned store, else the context's collection (which must exist)."""
+        if self._pinned_store is not None:
+            return self._pinned_store
+
+        def make() -> KnowledgeStore:
+            from ragtune.tools.database import shared_database
+            from ragtune.tools.store import KnowledgeStore
+
+            return KnowledgeStore(shared_database(context.database_url), self.embeddings(),
+                                  context.collection, create=False)
+
+        store: KnowledgeStore = self._cached(("store", context.database_url,
+                                              context.collection), make)
+        return store
+
+    def chat_model(self, context: Context) -> BaseChatModel:
+        """Return the pinned chat model, else the one the context names."""
+        if self._pinned_chat is not None:
+            return self._pinned_chat
+        return self._load_model(context.model)
+
+    def specialist_model(self, context: Context) -> BaseChatModel:
+        """Return the pinned specialist, else the context's specialist model."""
+        if self._pinned_specialist is not None:
+            return self._pinned_specialist
+        return self._load_model(context.specialist_model)
+
+    def _load_model(self, spec: str) -> BaseChatModel:
+        from ragtune.agents.models import load_chat_model
+
+        model: BaseChatModel = self._cached(("model", spec), lambda: load_chat_model(spec))
+        return model
+
+    def router(self, context: Context) -> Any:
+        """Return the pinned router, else the context's routing policy."""
+        if self._pinned_router is not None:
+            return self._pinned_router
+        from ragtune.agents.router import load_router
+
+        policy = context.routing_policy
+
+        def make() -> Any:
+            if policy == "classifier":
+                return load_router(policy, embeddings=self.embeddings())
+            if policy == "llm":
+                return load_router(policy, chat_model=self.chat_model(context))
+            return load_router(policy)
+
+        key = ("router", policy, context.model if policy == "llm" else None)
+        return self._cached(key, make)
+
+    def close(self) -> None:
+        """Forget cached objects (databases opened for them are closed by their owner)."""
+        with self._lock:
+            self._cache.clear()
+
+
+DEFAULT_RESOURCES = Resources()

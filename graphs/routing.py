@@ -1,0 +1,71 @@
+"""Pure routing functions: given the state (and the run's budgets), where the graph goes next.
+
+Each is typed `-> Literal[...]` (or returns `Send`s) and raises on a state it does not expect, so
+a wiring mistake fails loudly instead of looping. Budgets live in the state (steps, retrievals,
+sub-answers), so termination never depends on LangGraph's recursion limit.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from langgraph.types import Send
+
+from ragtune.agents.context import Context
+from ragtune.agents.decomposer import resolve_references
+from ragtune.graphs.state import AgentState, SolveState
+
+
+def budget_exhausted(state: AgentState, context: Context) -> bool:
+    """True when the run has used its step budget (the answer node is always allowed)."""
+    return state.get("steps", 0) >= context.max_steps - 1
+
+
+def after_route(state: AgentState) -> Literal["retrieve", "decompose", "specialist"]:
+    """Follow the router's decision."""
+    route = state.get("route")
+    if route == "retrieve":
+        return "retrieve"
+    if route == "decompose":
+        return "decompose"
+    if route == "specialist":
+        return "specialist"
+    raise ValueError(f"after_route: unexpected route {route!r}")
+
+
+def after_check(state: AgentState, context: Context) -> Literal["retrieve", "answer"]:
+    """Retrieve again (rewritten query) when evidence is short and budgets allow; else answer."""
+    if state.get("evidence_ok") is None:
+        raise ValueError("after_check: the evidence check did not run")
+    if state["evidence_ok"]:
+        return "answer"
+    if state.get("retrievals", 0) >= context.max_retrievals or budget_exhausted(state, context):
+        return "answer"
+    return "retrieve"
+
+
+def ready_sub_questions(state: AgentState) -> list[SolveState]:
+    """Return the sub-questions not yet answered whose references are all answered, resolved."""
+    answers = {a["index"]: a["answer"] for a in state.get("sub_answers", [])}
+    return [
+        SolveState(index=s["index"], question=resolve_references(s["question"], answers),
+                   steps=state.get("steps", 0))
+        for s in state.get("sub_questions", [])
+        if s["index"] not in answers and all(d in answers for d in s["depends_on"])
+    ]
+
+
+def schedule_sub_questions(state: AgentState, context: Context) -> list[Send] | Literal["answer"]:
+    """Fan out every ready sub-question in parallel; answer when none is left or budgets run out.
+
+    Independent sub-questions (a comparison's two sides) run together; a chain runs one link per
+    round, since each link waits for the answer it refers to.
+    """
+    if "sub_questions" not in state:
+        raise ValueError("schedule_sub_questions: no decomposition in state")
+    ready = ready_sub_questions(state)
+    if not ready or budget_exhausted(state, context):
+        return "answer"
+    if state.get("retrievals", 0) + len(ready) > context.max_retrievals:
+        return "answer"
+    return [Send("solve", item) for item in ready]
