@@ -1,19 +1,21 @@
-"""The orchestrator's nodes: thin async wrappers that call core functions and report a trace.
+"""The orchestrator's nodes: thin wrappers that call core functions and report a trace.
 
-Every node runs its blocking work (database I/O, embeddings, model generation) in a worker thread
-via `asyncio.to_thread`, so the event loop (and LangGraph's dev server) never blocks. Each returns
-a partial state: its results, `steps: 1`, and one `TraceEvent` saying what it decided and why.
+Nodes are synchronous on purpose: their work blocks (database I/O, embeddings, model generation),
+and LangGraph runs sync nodes in a worker thread under `ainvoke`/`astream`, so the event loop (and
+LangGraph's dev server, which fails runs that block it) stays free, while `invoke` works too. Each
+node returns a partial state: its results, `steps: 1`, and one `TraceEvent` saying what it decided
+and why.
 """
 
 from __future__ import annotations
 
-import asyncio
 import time
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 from langchain_core.documents import Document
 from langgraph.runtime import Runtime
+from langgraph.types import Overwrite
 
 from ragtune.agents.context import Context
 from ragtune.errors import InputError
@@ -64,28 +66,33 @@ class OrchestratorNodes:
     def __init__(self, resources: Resources) -> None:
         self.resources = resources
 
-    async def route(self, state: AgentState, runtime: Runtime[Context]) -> dict[str, Any]:
+    def route(self, state: AgentState, runtime: Runtime[Context]) -> dict[str, Any]:
         """Choose the first action for the question: retrieve, decompose or specialist."""
         started = time.perf_counter()
         ctx = context_of(runtime)
         question = validate_question(state.get("question"), ctx.max_question_chars)
-        router = await asyncio.to_thread(self.resources.router, ctx)
-        decision = await asyncio.to_thread(router.route, question)
+        router = self.resources.router(ctx)
+        decision = router.route(question)
+        # A new question on a thread starts from a clean slate: Overwrite bypasses the reducers
+        # that would otherwise carry the previous question's documents, counters and trace.
+        first = event({}, "route", decision.action, started, policy=decision.policy,
+                      reason=decision.reason, scores=decision.scores,
+                      detail={"fallback": decision.fallback, "decision_ms": decision.elapsed_ms})
         return {
-            "question": question, "route": decision.action, "query": question, "steps": 1,
-            "trace": [event(state, "route", decision.action, started, policy=decision.policy,
-                            reason=decision.reason, scores=decision.scores,
-                            detail={"fallback": decision.fallback,
-                                    "decision_ms": decision.elapsed_ms})],
+            "question": question, "route": decision.action, "query": question,
+            "steps": Overwrite(1), "trace": Overwrite([first]), "documents": Overwrite([]),
+            "retrievals": Overwrite(0), "sub_answers": Overwrite([]), "usage": Overwrite({}),
+            "sub_questions": [], "specialist_answer": None, "evidence_ok": None,
+            "answer": "", "citations": [], "exhausted": False,
         }
 
-    async def retrieve(self, state: AgentState, runtime: Runtime[Context]) -> dict[str, Any]:
+    def retrieve(self, state: AgentState, runtime: Runtime[Context]) -> dict[str, Any]:
         """Retrieve paragraphs for the current query."""
         started = time.perf_counter()
         ctx = context_of(runtime)
         query = state.get("query") or state["question"]
-        store = await asyncio.to_thread(self.resources.store, ctx)
-        hits = await asyncio.to_thread(store.retrieve, query, ctx.k, mode=ctx.search_mode)
+        store = self.resources.store(ctx)
+        hits = store.retrieve(query, ctx.k, mode=ctx.search_mode)
         docs = [h.to_document() for h in hits]
         return {
             "documents": docs, "retrievals": 1, "steps": 1,
@@ -95,7 +102,7 @@ class OrchestratorNodes:
                                                                for d in docs]})],
         }
 
-    async def check_evidence(self, state: AgentState,
+    def check_evidence(self, state: AgentState,
                              runtime: Runtime[Context]) -> dict[str, Any]:
         """Decide whether the evidence covers the question; if not, rewrite the query."""
         from ragtune.agents.evidence import check_evidence, rewrite_query
@@ -114,14 +121,14 @@ class OrchestratorNodes:
                                  detail={"next_query": update.get("query")})]
         return update
 
-    async def decompose(self, state: AgentState, runtime: Runtime[Context]) -> dict[str, Any]:
+    def decompose(self, state: AgentState, runtime: Runtime[Context]) -> dict[str, Any]:
         """Split the question into sub-questions (later ones may use `#n` references)."""
         from ragtune.agents.decomposer import decompose_question
 
         started = time.perf_counter()
         ctx = context_of(runtime)
-        model = await asyncio.to_thread(self.resources.chat_model, ctx)
-        result = await asyncio.to_thread(decompose_question, state["question"], model,
+        model = self.resources.chat_model(ctx)
+        result = decompose_question(state["question"], model,
                                          prompt=ctx.decompose_prompt, max_hops=ctx.max_hops)
         plan = [SubQuestion(index=i, question=q, depends_on=deps)
                 for i, (q, deps) in enumerate(zip(result.sub_questions, result.dependencies,
@@ -134,7 +141,7 @@ class OrchestratorNodes:
                                     "fallback": result.fallback})],
         }
 
-    async def solve(self, state: SolveState, runtime: Runtime[Context]) -> dict[str, Any]:
+    def solve(self, state: SolveState, runtime: Runtime[Context]) -> dict[str, Any]:
         """Answer one sub-question: route it (retrieve or specialist), then run that route."""
         from ragtune.agents.answerer import answer_from_documents
         from ragtune.agents.specialist import ask_specialist
@@ -142,23 +149,23 @@ class OrchestratorNodes:
         started = time.perf_counter()
         ctx = context_of(runtime)
         question = state["question"]
-        router = await asyncio.to_thread(self.resources.router, ctx)
-        decision = await asyncio.to_thread(router.route, question,
+        router = self.resources.router(ctx)
+        decision = router.route(question,
                                            allowed=("retrieve", "specialist"))
         docs: list[Document] = []
         retrievals = 0
         if decision.action == "specialist":
-            model = await asyncio.to_thread(self.resources.specialist_model, ctx)
-            reply = await asyncio.to_thread(ask_specialist, question, model,
+            model = self.resources.specialist_model(ctx)
+            reply = ask_specialist(question, model,
                                             prompt=ctx.specialist_prompt,
                                             max_tokens=ctx.max_answer_tokens)
             text, usage = reply.text, reply.usage
         else:
-            store = await asyncio.to_thread(self.resources.store, ctx)
-            hits = await asyncio.to_thread(store.retrieve, question, ctx.k, mode=ctx.search_mode)
+            store = self.resources.store(ctx)
+            hits = store.retrieve(question, ctx.k, mode=ctx.search_mode)
             docs, retrievals = [h.to_document() for h in hits], 1
-            model = await asyncio.to_thread(self.resources.chat_model, ctx)
-            result = await asyncio.to_thread(answer_from_documents, question, docs, model,
+            model = self.resources.chat_model(ctx)
+            result = answer_from_documents(question, docs, model,
                                              prompt=ctx.answer_prompt,
                                              max_tokens=ctx.max_answer_tokens)
             text, usage = result.text, result.usage
@@ -173,14 +180,14 @@ class OrchestratorNodes:
                             detail={"question": question, "answer": text})],
         }
 
-    async def specialist(self, state: AgentState, runtime: Runtime[Context]) -> dict[str, Any]:
+    def specialist(self, state: AgentState, runtime: Runtime[Context]) -> dict[str, Any]:
         """Ask the specialist model (no retrieval)."""
         from ragtune.agents.specialist import ask_specialist
 
         started = time.perf_counter()
         ctx = context_of(runtime)
-        model = await asyncio.to_thread(self.resources.specialist_model, ctx)
-        reply = await asyncio.to_thread(ask_specialist, state["question"], model,
+        model = self.resources.specialist_model(ctx)
+        reply = ask_specialist(state["question"], model,
                                         prompt=ctx.specialist_prompt,
                                         max_tokens=ctx.max_answer_tokens)
         return {
@@ -190,7 +197,7 @@ class OrchestratorNodes:
                             detail={"answer": reply.text})],
         }
 
-    async def answer(self, state: AgentState, runtime: Runtime[Context]) -> dict[str, Any]:
+    def answer(self, state: AgentState, runtime: Runtime[Context]) -> dict[str, Any]:
         """Write the final short answer with citations, from whatever the run gathered."""
         from ragtune.agents.answerer import AnswerResult, answer_from_documents, compose_answer
         from ragtune.graphs.routing import budget_exhausted
@@ -206,14 +213,14 @@ class OrchestratorNodes:
             result = AnswerResult(state["specialist_answer"])
             how = "specialist answer"
         elif sub_answers:
-            model = await asyncio.to_thread(self.resources.chat_model, ctx)
+            model = self.resources.chat_model(ctx)
             facts = [(a["question"], a["answer"]) for a in sub_answers]
-            result = await asyncio.to_thread(compose_answer, state["question"], facts, docs,
+            result = compose_answer(state["question"], facts, docs,
                                              model, max_tokens=ctx.max_answer_tokens)
             how = f"composed from {len(facts)} sub-answers"
         elif docs:
-            model = await asyncio.to_thread(self.resources.chat_model, ctx)
-            result = await asyncio.to_thread(answer_from_documents, state["question"], docs,
+            model = self.resources.chat_model(ctx)
+            result = answer_from_documents(state["question"], docs,
                                              model, prompt=ctx.answer_prompt,
                                              max_tokens=ctx.max_answer_tokens)
             how = f"answered from {len(docs)} paragraphs"

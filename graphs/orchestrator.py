@@ -46,7 +46,7 @@ def _retryable(exc: Exception) -> bool:
     return isinstance(exc, (DatabaseError, psycopg.OperationalError, PoolTimeout))
 
 
-async def _schedule_node(state: AgentState) -> dict[str, Any]:
+def _schedule_node(state: AgentState) -> dict[str, Any]:
     """A junction the sub-question rounds return to; the routing lives in `_schedule`."""
     return {}
 
