@@ -21,7 +21,7 @@ EXIT_INTERRUPTED = 130
 
 def build_parser() -> argparse.ArgumentParser:
     """Return the `ragtune` argument parser with every subcommand registered."""
-    from ragtune.cli import demo, store_commands
+    from ragtune.cli import ask, demo, store_commands
 
     parser = argparse.ArgumentParser(
         prog="ragtune",
@@ -38,6 +38,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="store_true", help="log progress details")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     store_commands.register(commands)
+    ask.register(commands)
     demo.register(commands)
     return parser
 

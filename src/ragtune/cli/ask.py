@@ -1,0 +1,107 @@
+"""`ragtune ask`: answer one question, or a JSONL file of questions, with the orchestrator."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+from ragtune.agents.context import ROUTING_POLICIES
+from ragtune.errors import InputError, RagtuneError
+
+
+def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """Add `ask` to the `ragtune` parser."""
+    p = commands.add_parser("ask", help="answer questions with the orchestrator",
+                            description="Route, retrieve, decompose or ask the specialist, then "
+                            "answer with citations.")
+    p.add_argument("question", nargs="?", help="the question (omit with --questions)")
+    p.add_argument("--questions", metavar="FILE.jsonl",
+                   help='batch mode: {"id", "question"} per line; one JSON line out per question')
+    p.add_argument("--collection", "-c", default=None, help="collection to retrieve from")
+    p.add_argument("--policy", choices=ROUTING_POLICIES, default=None, help="routing policy")
+    p.add_argument("--model", default=None, metavar="PROVIDER:MODEL",
+                   help="chat model (default local:gemma-3-270m)")
+    p.add_argument("-k", type=int, default=None, help="paragraphs per retrieval")
+    p.add_argument("--thread-id", default=None, help="checkpoint the run under this thread")
+    p.add_argument("--trace", action="store_true", help="print the route trace")
+    p.add_argument("--json", action="store_true", help="print JSON")
+    p.set_defaults(handler=run_ask)
+
+
+def _read_questions(path: str) -> list[tuple[str, str]]:
+    file = Path(path)
+    if not file.is_file():
+        raise InputError(f"{path}: no such file")
+    try:
+        lines = file.read_text(encoding="utf-8").splitlines()
+    except UnicodeDecodeError as exc:
+        raise InputError(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start})") from exc
+    out = []
+    for number, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            item = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise InputError(f"{path}:{number}: invalid JSON ({exc.msg})") from exc
+        if not isinstance(item, dict) or not isinstance(item.get("question"), str):
+            raise InputError(f'{path}:{number}: expected {{"id", "question"}}')
+        out.append((str(item.get("id", number)), item["question"]))
+    if not out:
+        raise InputError(f"{path}: no questions")
+    return out
+
+
+def _line(qid: str, answer: Any) -> dict[str, Any]:
+    return {"id": qid, "answer": answer.text,
+            "citations": [{"id": c["id"], "title": c.get("title")} for c in answer.citations],
+            "trace": answer.trace, "steps": answer.steps, "exhausted": answer.exhausted,
+            "latency_s": round(answer.latency_s, 3)}
+
+
+def _print_trace(trace: list[dict[str, Any]]) -> None:
+    for ev in trace:
+        who = f" [{ev['policy']}]" if ev.get("policy") else ""
+        print(f"  {ev.get('step', ''):>2} {ev.get('node', '')}: {ev.get('decision', '')}{who}"
+              f" - {ev.get('reason', '')} ({ev.get('elapsed_ms', 0):.0f} ms)")
+
+
+def run_ask(args: argparse.Namespace) -> int:
+    """Answer the question(s); in batch mode a failing question gets an error line."""
+    from ragtune.agent import Agent
+
+    if (args.question is None) == (args.questions is None):
+        raise InputError("give a QUESTION or --questions FILE.jsonl (not both)")
+    batch = _read_questions(args.questions) if args.questions else None
+    overrides = {"collection": args.collection, "routing_policy": args.policy,
+                 "model": args.model, "k": args.k}
+    if args.database_url:
+        overrides["database_url"] = args.database_url
+    with Agent(checkpoint=args.thread_id is not None, **overrides) as agent:
+        if batch is None:
+            answer = agent.ask(args.question, thread_id=args.thread_id)
+            if args.json:
+                print(json.dumps({**_line("1", answer), "question": args.question}))
+                return 0
+            print(answer.text or "(no answer)")
+            for number, c in enumerate(answer.citations, 1):
+                print(f"  [{number}] {c.get('title') or c.get('source')}")
+            if answer.exhausted:
+                print("  (a budget ran out: answered with what was gathered)")
+            if args.trace:
+                _print_trace(answer.trace)
+            return 0
+        failures = 0
+        for qid, question in batch:
+            try:
+                print(json.dumps(_line(qid, agent.ask(question))), flush=True)
+            except RagtuneError as exc:
+                failures += 1
+                print(json.dumps({"id": qid, "error": str(exc)}), flush=True)
+        if failures:
+            print(f"error: {failures} of {len(batch)} questions failed", file=sys.stderr)
+            return InputError.exit_code
+    return 0
