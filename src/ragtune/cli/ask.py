@@ -62,7 +62,8 @@ def _line(qid: str, answer: Any) -> dict[str, Any]:
             "latency_s": round(answer.latency_s, 3)}
 
 
-def _print_trace(trace: list[dict[str, Any]]) -> None:
+def print_trace(trace: list[dict[str, Any]]) -> None:
+    """Print one line per trace event: step, node, decision, policy, reason, time."""
     for ev in trace:
         who = f" [{ev['policy']}]" if ev.get("policy") else ""
         print(f"  {ev.get('step', ''):>2} {ev.get('node', '')}: {ev.get('decision', '')}{who}"
@@ -92,7 +93,7 @@ def run_ask(args: argparse.Namespace) -> int:
             if answer.exhausted:
                 print("  (a budget ran out: answered with what was gathered)")
             if args.trace:
-                _print_trace(answer.trace)
+                print_trace(answer.trace)
             return 0
         failures = 0
         for qid, question in batch:

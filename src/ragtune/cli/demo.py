@@ -1,8 +1,9 @@
 """`ragtune demo`: the README's main job on the embedded defaults.
 
 It starts (or attaches to) the embedded database, ingests a corpus (the HotpotQA tune pool from the
-shared data folder when present, else the small built-in sample) and runs example searches in every
-mode. Re-running it reuses what is already stored.
+shared data folder when present, else the small built-in sample), shows one search in every mode,
+then asks the agent three multi-hop questions and prints its answers, citations and route trace.
+Re-running it reuses what is already stored (and the converted local model).
 """
 
 from __future__ import annotations
@@ -11,20 +12,21 @@ import argparse
 import os
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from ragtune.tools.loaders import Format
 from ragtune.tools.store import SEARCH_MODES
 
+if TYPE_CHECKING:
+    from ragtune.tools.store import KnowledgeStore
+
 ENV_DATA_DIR = "RAGTUNE_DATA_DIR"
 SAMPLE_PATH = Path(__file__).resolve().parents[1] / "data" / "sample.jsonl"
 HOTPOTQA_TUNE = Path("hotpotqa") / "dev_tune.json"
-SAMPLE_QUERIES = (
-    "Which river flows through the city where Ada Lovelace was born?",
-    "Where was the first woman to win a Nobel Prize born?",
-)
-HOTPOTQA_QUERIES = (
-    "Which magazine was started first, Arthur's Magazine or First for Women?",
-    "The Oberoi family is part of a hotel company that has a head office in what city?",
+SAMPLE_QUESTIONS = (
+    ("Which river flows through the city where Ada Lovelace was born?", "River Thames"),
+    ("Which river flows through the city where Marie Curie was born?", "Vistula"),
+    ("Who was born first, Charles Babbage or Lord Byron?", "Lord Byron"),
 )
 
 
@@ -47,6 +49,9 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
     p.add_argument("--sample", action="store_true",
                    help="use the built-in sample even when the HotpotQA data is present")
     p.add_argument("-k", type=int, default=3, help="results per search (default 3)")
+    p.add_argument("--search-only", action="store_true", help="skip the agent's questions")
+    p.add_argument("--model", default=None, metavar="PROVIDER:MODEL",
+                   help="chat model for the agent (default local:gemma-3-270m)")
     p.set_defaults(handler=run_demo)
 
 
@@ -61,9 +66,10 @@ def run_demo(args: argparse.Namespace) -> int:
     fmt: Format
     data_dir = None if args.sample else find_data_dir()
     if data_dir is not None and (data_dir / HOTPOTQA_TUNE).is_file():
-        corpus, fmt, queries = data_dir / HOTPOTQA_TUNE, "hotpotqa", HOTPOTQA_QUERIES
+        corpus, fmt = data_dir / HOTPOTQA_TUNE, "hotpotqa"
+        questions = hotpotqa_questions(corpus)
     else:
-        corpus, fmt, queries = SAMPLE_PATH, "jsonl", SAMPLE_QUERIES
+        corpus, fmt, questions = SAMPLE_PATH, "jsonl", list(SAMPLE_QUESTIONS)
     with Database.open(args.database_url, home=args.home) as db:
         where = f"embedded, {db.server.pgdata}" if db.server else redact_url(db.url)
         print(f"database: {where}")
@@ -74,11 +80,38 @@ def run_demo(args: argparse.Namespace) -> int:
         print(f"  {summary.documents} documents, {summary.chunks} chunks: {summary.new} new, "
               f"{summary.unchanged} unchanged, {summary.replaced} replaced "
               f"in {summary.seconds:.1f} s")
-        for query in queries:
-            print(f"\nQ: {query}")
-            for mode in SEARCH_MODES:
-                hits = store.retrieve(query, args.k, mode=mode)
-                titles = ", ".join(h.title or h.source for h in hits)
-                print(f"  {mode:>6}: {titles}")
+        query = questions[0][0]
+        print(f"\nsearch: {query}")
+        for mode in SEARCH_MODES:
+            hits = store.retrieve(query, args.k, mode=mode)
+            print(f"  {mode:>6}: {', '.join(h.title or h.source for h in hits)}")
+        if not args.search_only:
+            ask_questions(questions, args, store)
     sys.stdout.flush()
     return 0
+
+
+def hotpotqa_questions(path: Path, n: int = 3) -> list[tuple[str, str]]:
+    """Return the first `n` questions of a HotpotQA file with their gold answers."""
+    import json
+
+    return [(item["question"], item["answer"]) for item in json.loads(path.read_text())[:n]]
+
+
+def ask_questions(questions: list[tuple[str, str]], args: argparse.Namespace,
+                  store: KnowledgeStore) -> None:
+    """Ask the agent each question; print its answer, the gold answer, citations and trace."""
+    from ragtune.agent import Agent
+    from ragtune.cli.ask import print_trace
+
+    print("\nloading the chat model (the first run converts the local model once) ...",
+          flush=True)
+    with Agent(store=store, checkpoint=False, model=args.model) as agent:
+        for question, gold in questions:
+            answer = agent.ask(question)
+            print(f"\nQ: {question}\nA: {answer.text or '(no answer)'}    (gold: {gold}; "
+                  f"{answer.steps} steps, {answer.latency_s:.1f} s)")
+            for number, citation in enumerate(answer.citations, 1):
+                print(f"   [{number}] {citation.get('title') or citation.get('source')}")
+            print_trace(answer.trace)
+            sys.stdout.flush()
