@@ -1,0 +1,552 @@
+"""Run a local transformers causal LM as a LangChain chat model.
+
+This module owns the plain-text prompt format for base (not instruction-tuned) models, stop-sequence
+handling, and `LocalChatModel`, the `BaseChatModel` over a loaded `LocalCausalLM` (a model, its
+tokenizer and the lock that serialises generation). Finding, converting and caching weights lives in
+`ragtune.agents.models`. torch and transformers are imported inside the functions that need them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import threading
+from collections.abc import AsyncIterator, Generator, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+from langchain_core.callbacks import AsyncCallbackManagerForLLMRun, CallbackManagerForLLMRun
+from langchain_core.language_models import BaseChatModel
+from langchain_core.messages import (
+    AIMessage,
+    AIMessageChunk,
+    BaseMessage,
+    ChatMessage,
+    HumanMessage,
+    SystemMessage,
+)
+from langchain_core.messages.ai import UsageMetadata
+from langchain_core.outputs import ChatGeneration, ChatGenerationChunk, ChatResult
+from pydantic import ConfigDict, Field
+
+FinishReason = Literal["stop", "length"]
+
+
+@dataclass(frozen=True)
+class PromptFormat:
+    """How chat messages become one completion prompt for a base model.
+
+    A base model only continues text, so a conversation is written as a transcript it has seen many
+    times: the system text as a preamble, then `Question:`/`Answer:` turns. Earlier human/AI pairs
+    therefore read as few-shot examples. Templates take the message text as `{content}`.
+
+    Attributes:
+        system: Template of a system message.
+        human: Template of a human turn.
+        ai: Template of an AI turn (used for earlier answers, i.e. few-shot examples).
+        generation_prompt: Text appended last; the model's continuation is the answer.
+        stop: Stop sequences that end the answer (the model starting the next turn).
+    """
+
+    system: str = "{content}\n\n"
+    human: str = "Question: {content}\n"
+    ai: str = "Answer: {content}\n\n"
+    generation_prompt: str = "Answer:"
+    stop: tuple[str, ...] = ("\nQuestion:",)
+
+
+PLAIN_QA_FORMAT = PromptFormat()
+"""The default prompt format of `LocalChatModel` (system preamble, then Question/Answer turns)."""
+
+_CHAT_ROLES = {"system": "system", "user": "human", "human": "human", "assistant": "ai", "ai": "ai"}
+
+
+def render_prompt(messages: Sequence[BaseMessage], prompt_format: PromptFormat) -> str:
+    """Write `messages` as one completion prompt in `prompt_format`.
+
+    Raises:
+        ValueError: A message is neither system, human nor AI (tool messages have no place here).
+    """
+    templates = {
+        "system": prompt_format.system,
+        "human": prompt_format.human,
+        "ai": prompt_format.ai,
+    }
+    parts = []
+    for message in messages:
+        role: str
+        if isinstance(message, SystemMessage | HumanMessage | AIMessage):
+            role = message.type
+        elif isinstance(message, ChatMessage) and message.role.lower() in _CHAT_ROLES:
+            role = _CHAT_ROLES[message.role.lower()]
+        else:
+            raise ValueError(
+                f"LocalChatModel cannot format a {type(message).__name__}; "
+                "it takes system, human and AI messages only."
+            )
+        parts.append(templates[role].format(content=str(message.text).strip()))
+    parts.append(prompt_format.generation_prompt)
+    return "".join(parts)
+
+
+class StopSequenceFilter:
+    """Cut streamed text at the first stop sequence, optionally stripping surrounding whitespace.
+
+    Text that could still turn into a stop sequence is held back until it cannot, so the pieces
+    returned by `push` and `finish` always concatenate to the same text as filtering the whole
+    string at once.
+    """
+
+    def __init__(self, stop: Sequence[str] = (), *, strip: bool = False) -> None:
+        """Create a filter for the stop sequences `stop` (empty strings are ignored)."""
+        self.stop = tuple(s for s in stop if s)
+        self.strip = strip
+        self.stopped = False
+        self._pending = ""
+        self._whitespace = ""
+        self._started = False
+
+    def push(self, text: str) -> str:
+        """Add streamed `text`; return the part that is now safe to emit."""
+        if self.stopped:
+            return ""
+        self._pending += text
+        return self._release(final=False)
+
+    def finish(self) -> str:
+        """Return whatever is left once the stream has ended."""
+        if self.stopped:
+            return ""
+        return self._release(final=True)
+
+    def apply(self, text: str) -> str:
+        """Filter a complete text in one go."""
+        return self.push(text) + self.finish()
+
+    def _release(self, *, final: bool) -> str:
+        pending = self._pending
+        hits = [i for i in (pending.find(s) for s in self.stop) if i >= 0]
+        first_hit = min(hits) if hits else len(pending)
+        if not final:
+            # A longer stop sequence may still complete at an earlier position than any hit.
+            for start in range(first_hit):
+                tail = pending[start:]
+                if any(len(s) > len(tail) and s.startswith(tail) for s in self.stop):
+                    self._pending = tail
+                    return self._emit(pending[:start], final=False)
+        self._pending = ""
+        if hits:
+            self.stopped = True
+            return self._emit(pending[:first_hit], final=True)
+        return self._emit(pending, final=final)
+
+    def _emit(self, text: str, *, final: bool) -> str:
+        if not self.strip:
+            return text
+        text = self._whitespace + text
+        self._whitespace = ""
+        if not self._started:
+            text = text.lstrip()
+            self._started = bool(text)
+        if final:
+            return text.rstrip()
+        kept = text.rstrip()
+        self._whitespace = text[len(kept) :]
+        return kept
+
+
+@dataclass(frozen=True)
+class GenerationSettings:
+    """Decoding settings of one generation.
+
+    Attributes:
+        max_new_tokens: Most tokens to generate.
+        temperature: 0 for greedy decoding, else the sampling temperature.
+        top_p: Nucleus sampling mass when sampling; None leaves it off.
+        stop: Stop sequences; the text is cut at the first one.
+        strip: Strip leading and trailing whitespace of the result.
+    """
+
+    max_new_tokens: int = 256
+    temperature: float = 0.0
+    top_p: float | None = None
+    stop: tuple[str, ...] = ()
+    strip: bool = False
+
+
+@dataclass(frozen=True)
+class Completion:
+    """The outcome of one generation.
+
+    Attributes:
+        text: The generated text, cut at the first stop sequence.
+        input_tokens: Tokens in the prompt.
+        output_tokens: Tokens the model generated (including any cut off by a stop sequence).
+        finish_reason: "length" when `max_new_tokens` ran out, else "stop".
+    """
+
+    text: str
+    input_tokens: int
+    output_tokens: int
+    finish_reason: FinishReason
+
+
+class LocalCausalLM:
+    """A loaded causal LM and its tokenizer, with the lock that serialises generation on it.
+
+    Attributes:
+        model: The transformers causal LM (in eval mode).
+        tokenizer: Its tokenizer.
+        model_id: What the weights are (e.g. "google/gemma-3-270m").
+        fingerprint: sha256 of the base weights file, when known.
+    """
+
+    def __init__(
+        self, model: Any, tokenizer: Any, *, model_id: str, fingerprint: str | None = None
+    ) -> None:
+        """Wrap an already loaded `model` and `tokenizer`."""
+        self.model = model.eval()
+        self.tokenizer = tokenizer
+        self.model_id = model_id
+        self.fingerprint = fingerprint
+        self._lock = threading.Lock()
+
+    @classmethod
+    def from_directory(
+        cls, path: Path, *, model_id: str, fingerprint: str | None = None
+    ) -> LocalCausalLM:
+        """Load a `save_pretrained` directory (CUDA bfloat16 if available, else CPU float32)."""
+        import torch
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        device, dtype = (
+            ("cuda", torch.bfloat16) if torch.cuda.is_available() else ("cpu", torch.float32)
+        )
+        tokenizer = AutoTokenizer.from_pretrained(path)
+        model: Any = AutoModelForCausalLM.from_pretrained(path, dtype=dtype)
+        model.to(device)
+        return cls(model, tokenizer, model_id=model_id, fingerprint=fingerprint)
+
+    def close(self) -> None:
+        """Drop the model and tokenizer so their memory can be freed."""
+        with self._lock:
+            self.model = None
+            self.tokenizer = None
+
+    def complete(self, prompt: str, settings: GenerationSettings) -> Completion:
+        """Generate a continuation of `prompt`."""
+        inputs = self._encode(prompt)
+        prompt_length = int(inputs["input_ids"].shape[1])
+        output = self._generate(inputs, settings, threading.Event())
+        new_ids = output[0, prompt_length:]
+        text = self.tokenizer.decode(new_ids, skip_special_tokens=True)
+        text_filter = StopSequenceFilter(settings.stop, strip=settings.strip)
+        text = text_filter.apply(text)
+        return self._completion(text, prompt_length, len(new_ids), settings, text_filter.stopped)
+
+    def stream(
+        self, prompt: str, settings: GenerationSettings, cancel: threading.Event | None = None
+    ) -> Generator[str | Completion, None, None]:
+        """Generate a continuation of `prompt` piece by piece.
+
+        Generation runs in a worker thread feeding a `TextIteratorStreamer`; closing this iterator
+        early, or setting `cancel`, stops it after the current token.
+
+        Yields:
+            Text pieces as they become final, then one `Completion` with the whole text and usage.
+        """
+        from transformers import TextIteratorStreamer
+
+        inputs = self._encode(prompt)
+        prompt_length = int(inputs["input_ids"].shape[1])
+        streamer = TextIteratorStreamer(self.tokenizer, skip_prompt=True, skip_special_tokens=True)
+        cancel = cancel or threading.Event()
+        result: dict[str, Any] = {}
+
+        def run() -> None:
+            try:
+                result["output"] = self._generate(inputs, settings, cancel, streamer)
+            except BaseException as exc:  # handed to the consumer below
+                result["error"] = exc
+            finally:
+                streamer.end()
+
+        worker = threading.Thread(target=run, name="ragtune-local-generate", daemon=True)
+        text_filter = StopSequenceFilter(settings.stop, strip=settings.strip)
+        pieces: list[str] = []
+        worker.start()
+        try:
+            for raw in streamer:
+                piece = text_filter.push(raw)
+                if piece:
+                    pieces.append(piece)
+                    yield piece
+                if text_filter.stopped:
+                    break
+            tail = text_filter.finish()
+            if tail:
+                pieces.append(tail)
+                yield tail
+        finally:
+            cancel.set()
+            worker.join()
+        if "error" in result:
+            raise result["error"]
+        generated = int(result["output"].shape[1]) - prompt_length
+        yield self._completion(
+            "".join(pieces), prompt_length, generated, settings, text_filter.stopped
+        )
+
+    def _encode(self, prompt: str) -> Any:
+        if self.model is None:
+            raise RuntimeError(f"The local model {self.model_id} has been closed.")
+        return self.tokenizer(prompt, return_tensors="pt").to(self.model.device)
+
+    def _generate(
+        self,
+        inputs: Any,
+        settings: GenerationSettings,
+        cancel: threading.Event,
+        streamer: Any = None,
+    ) -> Any:
+        import torch
+        from transformers import StoppingCriteriaList
+
+        sampling: dict[str, Any] = {"do_sample": False}
+        if settings.temperature > 0:
+            sampling = {"do_sample": True, "temperature": settings.temperature}
+            if settings.top_p is not None:
+                sampling["top_p"] = settings.top_p
+        criterion = _StopCriterion(
+            self.tokenizer, int(inputs["input_ids"].shape[1]), settings.stop, cancel
+        )
+        pad_token_id = self.tokenizer.pad_token_id
+        if pad_token_id is None:
+            pad_token_id = self.tokenizer.eos_token_id
+        with self._lock, torch.inference_mode():
+            return self.model.generate(
+                **inputs,
+                max_new_tokens=settings.max_new_tokens,
+                stopping_criteria=StoppingCriteriaList([criterion]),
+                streamer=streamer,
+                pad_token_id=pad_token_id,
+                **sampling,
+            )
+
+    @staticmethod
+    def _completion(
+        text: str,
+        input_tokens: int,
+        output_tokens: int,
+        settings: GenerationSettings,
+        stopped: bool,
+    ) -> Completion:
+        ran_out = output_tokens >= settings.max_new_tokens and not stopped
+        return Completion(text, input_tokens, output_tokens, "length" if ran_out else "stop")
+
+
+class _StopCriterion:
+    """A transformers stopping criterion: a stop sequence was generated, or the caller cancelled."""
+
+    def __init__(
+        self, tokenizer: Any, prompt_length: int, stop: Sequence[str], cancel: threading.Event
+    ) -> None:
+        self.tokenizer = tokenizer
+        self.prompt_length = prompt_length
+        self.stop = tuple(s for s in stop if s)
+        self.cancel = cancel
+
+    def __call__(self, input_ids: Any, scores: Any, **kwargs: Any) -> Any:
+        import torch
+
+        done = self.cancel.is_set()
+        if not done and self.stop:
+            text = self.tokenizer.decode(
+                input_ids[0, self.prompt_length :], skip_special_tokens=True
+            )
+            done = any(s in text for s in self.stop)
+        return torch.full((input_ids.shape[0],), done, dtype=torch.bool, device=input_ids.device)
+
+
+class LocalChatModel(BaseChatModel):
+    """A chat model over a local causal LM, for base models without a chat template.
+
+    Messages are rendered with `prompt_format` (see `PLAIN_QA_FORMAT`); generation is greedy unless
+    `temperature` > 0 and stops at the format's stop sequences plus `stop`. Calls may override
+    `max_new_tokens`, `temperature` and `top_p` as keyword arguments. Use `generate_text` for raw
+    few-shot completion prompts. Generation on one `LocalCausalLM` is serialised by its lock, so
+    instances sharing it can be used from many threads.
+    """
+
+    model_config = ConfigDict(extra="forbid", arbitrary_types_allowed=True, protected_namespaces=())
+
+    runtime: LocalCausalLM = Field(exclude=True)
+    """The loaded model, tokenizer and lock (shared by every chat model made from it)."""
+    max_new_tokens: int = 256
+    """Most tokens to generate per call."""
+    temperature: float = 0.0
+    """0 for greedy decoding, else the sampling temperature."""
+    top_p: float | None = None
+    """Nucleus sampling mass when sampling."""
+    stop: list[str] | None = None
+    """Extra stop sequences for every call."""
+    prompt_format: PromptFormat = PLAIN_QA_FORMAT
+    """How messages become the completion prompt."""
+
+    @property
+    def model_id(self) -> str:
+        """What the base weights are (e.g. "google/gemma-3-270m")."""
+        return self.runtime.model_id
+
+    @property
+    def base_fingerprint(self) -> str | None:
+        """sha256 of the base weights file, when known."""
+        return self.runtime.fingerprint
+
+    @property
+    def _llm_type(self) -> str:
+        return "ragtune-local"
+
+    @property
+    def _identifying_params(self) -> Mapping[str, Any]:
+        return {
+            "model_id": self.model_id,
+            "base_fingerprint": self.base_fingerprint,
+            "max_new_tokens": self.max_new_tokens,
+            "temperature": self.temperature,
+            "top_p": self.top_p,
+            "stop": self.stop,
+        }
+
+    def generate_text(
+        self,
+        prompt: str,
+        *,
+        max_new_tokens: int | None = None,
+        temperature: float | None = None,
+        stop: Sequence[str] | None = None,
+    ) -> str:
+        """Complete a raw prompt (e.g. a few-shot prompt); return the continuation, unstripped.
+
+        The chat prompt format is not applied; the text is cut at the first of `stop` and the
+        model's `stop`.
+        """
+        settings = self._settings(
+            list(stop or []),
+            {"max_new_tokens": max_new_tokens, "temperature": temperature},
+            chat=False,
+        )
+        return self.runtime.complete(prompt, settings).text
+
+    def with_structured_output(
+        self, schema: Any, *, include_raw: bool = False, **kwargs: Any
+    ) -> Any:
+        """Refuse: a base model has no tool calling to build structured output on."""
+        raise NotImplementedError(
+            "LocalChatModel has no structured output: the local base model cannot call tools. "
+            "Use a few-shot prompt with generate_text and parse the text, or an API chat model "
+            "(e.g. 'openai:gpt-4o-mini')."
+        )
+
+    def _settings(
+        self, stop: list[str] | None, kwargs: Mapping[str, Any], *, chat: bool
+    ) -> GenerationSettings:
+        def pick(name: str, default: Any) -> Any:
+            value = kwargs.get(name)
+            return default if value is None else value
+
+        stops = [*(self.prompt_format.stop if chat else ()), *(self.stop or []), *(stop or [])]
+        return GenerationSettings(
+            max_new_tokens=int(pick("max_new_tokens", self.max_new_tokens)),
+            temperature=float(pick("temperature", self.temperature)),
+            top_p=pick("top_p", self.top_p),
+            stop=tuple(dict.fromkeys(stops)),
+            strip=chat,
+        )
+
+    def _generate(
+        self,
+        messages: list[BaseMessage],
+        stop: list[str] | None = None,
+        run_manager: CallbackManagerForLLMRun | None = None,
+        **kwargs: Any,
+    ) -> ChatResult:
+        prompt = render_prompt(messages, self.prompt_format)
+        completion = self.runtime.complete(prompt, self._settings(stop, kwargs, chat=True))
+        message = AIMessage(
+            content=completion.text,
+            usage_metadata=_usage(completion),
+            response_metadata=self._response_metadata(completion),
+        )
+        return ChatResult(generations=[ChatGeneration(message=message)])
+
+    def _stream(
+        self,
+        messages: list[BaseMessage],
+        stop: list[str] | None = None,
+        run_manager: CallbackManagerForLLMRun | None = None,
+        **kwargs: Any,
+    ) -> Iterator[ChatGenerationChunk]:
+        prompt = render_prompt(messages, self.prompt_format)
+        events = self.runtime.stream(prompt, self._settings(stop, kwargs, chat=True))
+        with contextlib.closing(events):
+            for event in events:
+                chunk = self._chunk(event)
+                if run_manager and isinstance(event, str):
+                    run_manager.on_llm_new_token(event, chunk=chunk)
+                yield chunk
+
+    async def _astream(
+        self,
+        messages: list[BaseMessage],
+        stop: list[str] | None = None,
+        run_manager: AsyncCallbackManagerForLLMRun | None = None,
+        **kwargs: Any,
+    ) -> AsyncIterator[ChatGenerationChunk]:
+        prompt = render_prompt(messages, self.prompt_format)
+        cancel = threading.Event()
+        events = self.runtime.stream(prompt, self._settings(stop, kwargs, chat=True), cancel)
+        try:
+            while True:
+                # Tokenising, generating and waiting on the streamer all happen off the event loop.
+                event = await asyncio.to_thread(next, events, None)
+                if event is None:
+                    break
+                chunk = self._chunk(event)
+                if run_manager and isinstance(event, str):
+                    await run_manager.on_llm_new_token(event, chunk=chunk)
+                yield chunk
+        finally:
+            cancel.set()  # reaches the worker even if a cancelled `next` is still running
+            await asyncio.to_thread(_close_quietly, events)
+
+    def _chunk(self, event: str | Completion) -> ChatGenerationChunk:
+        if isinstance(event, str):
+            return ChatGenerationChunk(message=AIMessageChunk(content=event))
+        message = AIMessageChunk(
+            content="",
+            usage_metadata=_usage(event),
+            response_metadata=self._response_metadata(event),
+            chunk_position="last",
+        )
+        return ChatGenerationChunk(message=message)
+
+    def _response_metadata(self, completion: Completion) -> dict[str, Any]:
+        return {"model_name": self.model_id, "finish_reason": completion.finish_reason}
+
+
+def _usage(completion: Completion) -> UsageMetadata:
+    return UsageMetadata(
+        input_tokens=completion.input_tokens,
+        output_tokens=completion.output_tokens,
+        total_tokens=completion.input_tokens + completion.output_tokens,
+    )
+
+
+def _close_quietly(events: Iterator[Any]) -> None:
+    """Close a generator that a cancelled `asyncio.to_thread` call may still be running."""
+    close = getattr(events, "close", None)
+    if close is not None:
+        with contextlib.suppress(ValueError):
+            close()
