@@ -59,6 +59,11 @@ class PromptFormat:
 PLAIN_QA_FORMAT = PromptFormat()
 """The default prompt format of `LocalChatModel` (system preamble, then Question/Answer turns)."""
 
+COMPLETION_FORMAT = PromptFormat(system="{content}\n\n", human="{content}", ai="{content}\n\n",
+                                 generation_prompt="", stop=())
+"""Messages passed through as raw text: for prompts that are complete few-shot completions
+themselves (ragtune's own prompts end with `Answer:` and are written for this)."""
+
 _CHAT_ROLES = {"system": "system", "user": "human", "human": "human", "assistant": "ai", "ai": "ai"}
 
 
@@ -458,7 +463,8 @@ class LocalChatModel(BaseChatModel):
 
         stops = [*(self.prompt_format.stop if chat else ()), *(self.stop or []), *(stop or [])]
         return GenerationSettings(
-            max_new_tokens=int(pick("max_new_tokens", self.max_new_tokens)),
+            # `max_tokens` is the name LangChain's API chat models use; accept it as an alias.
+            max_new_tokens=int(pick("max_new_tokens", pick("max_tokens", self.max_new_tokens))),
             temperature=float(pick("temperature", self.temperature)),
             top_p=pick("top_p", self.top_p),
             stop=tuple(dict.fromkeys(stops)),

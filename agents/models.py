@@ -3,7 +3,8 @@
 This module owns the spec grammar (`local:<name>` for a model in `LOCAL_MODELS`, any other
 `provider:model` for LangChain's `init_chat_model`), the checks that fail before any work (unknown
 model, missing integration package, missing API key), the on-disk cache of converted local weights
-under `$RAGTUNE_HOME/models/<name>/`, and the per-process cache of loaded local models.
+under `$RAGTUNE_CACHE_DIR/models/<name>/` (default: the user cache dir), and the per-process cache
+of loaded local models.
 
 Running a loaded model as a chat model is `ragtune.agents.local_model`'s job.
 """
@@ -167,7 +168,7 @@ def load_local_model(
     """Return the loaded local model `name`, loading it once per process (thread-safe).
 
     The first load ever converts the shipped GGUF weights into a safetensors cache under
-    `<ragtune home>/models/<name>/` (minutes); later loads read that cache (seconds).
+    `<ragtune cache>/models/<name>/` (minutes); later loads read that cache (seconds).
 
     Raises:
         ConfigError: Unknown model, missing `ragtune[local]` packages, or an unwritable cache.
@@ -191,11 +192,13 @@ def close_local_models() -> None:
 
 
 def local_model_dir(name: str, home: str | os.PathLike[str] | None = None) -> Path:
-    """Return the cache directory of local model `name` (`<ragtune home>/models/<name>`)."""
-    # Imported here: ragtune home resolution lives with the database, which tools/ owns.
-    from ragtune.tools.database import ragtune_home
+    """Return the cache directory of local model `name` (`<ragtune cache>/models/<name>`).
 
-    return ragtune_home(home) / "models" / name
+    `home` overrides the cache directory (see `ragtune.paths.cache_dir`).
+    """
+    from ragtune.paths import cache_dir
+
+    return cache_dir(home) / "models" / name
 
 
 def base_model_fingerprint(name: str = "gemma-3-270m") -> str:

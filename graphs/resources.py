@@ -95,7 +95,15 @@ class Resources:
     def _load_model(self, spec: str) -> BaseChatModel:
         from ragtune.agents.models import load_chat_model
 
-        model: BaseChatModel = self._cached(("model", spec), lambda: load_chat_model(spec))
+        def make() -> BaseChatModel:
+            if spec.startswith("local:"):
+                # ragtune's prompts are complete few-shot completions: pass them through as is.
+                from ragtune.agents.local_model import COMPLETION_FORMAT
+
+                return load_chat_model(spec, prompt_format=COMPLETION_FORMAT)
+            return load_chat_model(spec)
+
+        model: BaseChatModel = self._cached(("model", spec), make)
         return model
 
     def router(self, context: Context) -> Any:

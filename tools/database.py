@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ragtune.errors import ConfigError, DatabaseError
+from ragtune.paths import ENV_HOME, ragtune_home
 from ragtune.tools.schema import MIGRATIONS, Migration
 
 if TYPE_CHECKING:
@@ -28,7 +29,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-ENV_HOME = "RAGTUNE_HOME"
 ENV_DATABASE_URL = "RAGTUNE_DATABASE_URL"
 CONNECT_TIMEOUT_S = 10
 # Any constant works; it only has to be the same in every process migrating the schema.
@@ -36,18 +36,6 @@ _MIGRATION_LOCK_KEY = 727_274_001
 
 
 SCHEMA_VERSION = MIGRATIONS[-1].version
-
-
-def ragtune_home(home: str | os.PathLike[str] | None = None) -> Path:
-    """Return the ragtune home directory: `home`, else `RAGTUNE_HOME`, else the user data dir."""
-    if home is not None:
-        return Path(home).expanduser()
-    env = os.environ.get(ENV_HOME)
-    if env:
-        return Path(env).expanduser()
-    import platformdirs
-
-    return Path(platformdirs.user_data_dir("ragtune"))
 
 
 def _ensure_writable_dir(path: Path) -> None:
