@@ -20,6 +20,7 @@ SearchModeName = Literal["dense", "text", "hybrid"]
 ROUTING_POLICIES: tuple[str, ...] = ("classifier", "llm", "rules")
 DEFAULT_MODEL = "local:gemma-3-270m"
 MAX_QUESTION_CHARS = 4000
+MIN_STEPS = 4
 
 
 def _describe(text: str) -> dict[str, str]:
@@ -84,6 +85,9 @@ class Context:
             value = getattr(self, name)
             if not isinstance(value, int) or value < 1:
                 raise ConfigError(f"{name} must be a positive integer, not {value!r}")
+        if self.max_steps < MIN_STEPS:
+            raise ConfigError(f"max_steps must be at least {MIN_STEPS} (route, retrieve, "
+                              f"check_evidence, answer), not {self.max_steps}")
         if not 0.0 <= float(self.evidence_threshold) <= 1.0:
             raise ConfigError("evidence_threshold must be between 0 and 1")
         for name in ("model", "specialist_model"):

@@ -16,9 +16,14 @@ from ragtune.agents.decomposer import resolve_references
 from ragtune.graphs.state import AgentState, SolveState
 
 
+def steps_left(state: AgentState, context: Context) -> int:
+    """Steps the run may still take before its final `answer` step."""
+    return context.max_steps - 1 - state.get("steps", 0)
+
+
 def budget_exhausted(state: AgentState, context: Context) -> bool:
     """True when the run has used its step budget (the answer node is always allowed)."""
-    return state.get("steps", 0) >= context.max_steps - 1
+    return steps_left(state, context) <= 0
 
 
 def after_route(state: AgentState) -> Literal["retrieve", "decompose", "specialist"]:
@@ -39,7 +44,8 @@ def after_check(state: AgentState, context: Context) -> Literal["retrieve", "ans
         raise ValueError("after_check: the evidence check did not run")
     if state["evidence_ok"]:
         return "answer"
-    if state.get("retrievals", 0) >= context.max_retrievals or budget_exhausted(state, context):
+    # Another round costs two steps (retrieve, check_evidence) before the answer.
+    if state.get("retrievals", 0) >= context.max_retrievals or steps_left(state, context) < 2:
         return "answer"
     return "retrieve"
 
@@ -64,8 +70,9 @@ def schedule_sub_questions(state: AgentState, context: Context) -> list[Send] | 
     if "sub_questions" not in state:
         raise ValueError("schedule_sub_questions: no decomposition in state")
     ready = ready_sub_questions(state)
-    if not ready or budget_exhausted(state, context):
+    # Each branch is one step and at most one retrieval; send only what the budgets still allow.
+    room = min(steps_left(state, context),
+               context.max_retrievals - state.get("retrievals", 0))
+    if not ready or room <= 0:
         return "answer"
-    if state.get("retrievals", 0) + len(ready) > context.max_retrievals:
-        return "answer"
-    return [Send("solve", item) for item in ready]
+    return [Send("solve", item) for item in ready[:room]]

@@ -156,7 +156,7 @@ def test_filters_carrying_sql_are_inert(fake_store: KnowledgeStore) -> None:
         {"k') OR TRUE; DROP TABLE ragtune_collections; --": "v"},
         {"k": "v' OR '1'='1"},
         {"k": {"$in": ["x'); DROP TABLE ragtune_collections; --"]}},
-        {"k": {"$gt": "'; DELETE FROM ragtune_collections; --"}},
+        {"k": {"$lt": "'; DELETE FROM ragtune_collections; --"}},
     ]
     for flt in attacks:
         expr, params = compile_filter(flt)
