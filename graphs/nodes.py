@@ -83,7 +83,7 @@ class OrchestratorNodes:
             "steps": Overwrite(1), "trace": Overwrite([first]), "documents": Overwrite([]),
             "retrievals": Overwrite(0), "sub_answers": Overwrite([]), "usage": Overwrite({}),
             "sub_questions": [], "specialist_answer": None, "evidence_ok": None,
-            "answer": "", "citations": [], "exhausted": False,
+            "answer": "", "citations": [], "exhausted": False, "retrieved": [],
         }
 
     def retrieve(self, state: AgentState, runtime: Runtime[Context]) -> dict[str, Any]:
@@ -231,6 +231,7 @@ class OrchestratorNodes:
                         if exhausted else "")
         return {
             "answer": result.text, "citations": citations_of(result.citations),
+            "retrieved": citations_of(docs),
             "exhausted": exhausted, "steps": 1, "usage": result.usage,
             "trace": [event(state, "answer", "answered", started, reason=reason,
                             detail={"answer": result.text})],

@@ -97,6 +97,8 @@ class OutputState(TypedDict, total=False):
     """Graph steps taken (the budget counts these)."""
     exhausted: bool
     """True when a budget ran out and the agent answered with what it had."""
+    retrieved: list[Citation]
+    """Every paragraph retrieved during the run, in retrieval order (for evaluation)."""
 
 
 class AgentState(InputState, OutputState, total=False):

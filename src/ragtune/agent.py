@@ -40,12 +40,14 @@ class Answer:
     exhausted: bool = False
     thread_id: str | None = None
     latency_s: float = 0.0
+    retrieved: list[dict[str, Any]] = field(default_factory=list)
 
     def to_json(self) -> dict[str, Any]:
         """Return the answer as JSON-ready data."""
         return {"answer": self.text, "citations": self.citations, "trace": self.trace,
                 "usage": self.usage, "steps": self.steps, "exhausted": self.exhausted,
-                "thread_id": self.thread_id, "latency_s": round(self.latency_s, 3)}
+                "thread_id": self.thread_id, "latency_s": round(self.latency_s, 3),
+                "retrieved": self.retrieved}
 
 
 @dataclass
@@ -139,7 +141,8 @@ class Agent:
         return Answer(text=state.get("answer", ""), citations=list(state.get("citations", [])),
                       trace=list(state.get("trace", [])), usage=dict(state.get("usage", {})),
                       steps=int(state.get("steps", 0)), exhausted=bool(state.get("exhausted")),
-                      thread_id=thread_id, latency_s=time.perf_counter() - started)
+                      thread_id=thread_id, latency_s=time.perf_counter() - started,
+                      retrieved=list(state.get("retrieved", [])))
 
     # -- public API ----------------------------------------------------------------------------
 
