@@ -97,7 +97,7 @@ class Context:
 
     @classmethod
     def from_env(cls, **overrides: Any) -> Context:
-        """Build a context from `overrides`, filling unset fields from `RAGTUNE_<FIELD>` variables."""
+        """Build a context from `overrides`; unset fields come from `RAGTUNE_<FIELD>` variables."""
         names = {f.name for f in fields(cls)}
         unknown = set(overrides) - names
         if unknown:

@@ -14,13 +14,14 @@ from dataclasses import dataclass
 
 from langchain_core.documents import Document
 
-STOPWORDS = frozenset("""
+_STOPWORD_TEXT = """
 a an and are as at be been being by did do does for from had has have he her his how i in is it
 its of on or she that the their them they this those to was were what when where which who whom
 whose why will with would you your than then there these also into about after before between both
 during first last many much more most other same some such can could should may might one two any
-name named called known same did does
-""".split())
+name named called known
+"""
+STOPWORDS = frozenset(_STOPWORD_TEXT.split())
 _WORD = re.compile(r"[A-Za-z0-9][A-Za-z0-9'\-]*")
 
 

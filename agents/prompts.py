@@ -3,8 +3,8 @@
 Each is a `str.format` template. Inserted material sits inside explicit delimiters
 (`<question>...</question>`, `<context>...</context>`), and every prompt says that text inside the
 delimiters is data, not instructions: retrieved paragraphs that contain instructions must not steer
-the agent. The few-shot examples are written for this project (not taken from any evaluation set) and
-are short enough for a small base model (gemma-3-270m) to continue the pattern, while reading as
+the agent. The few-shot examples are written for this project (not taken from any evaluation set)
+and are short enough for a small base model (gemma-3-270m) to continue the pattern, while reading as
 plain instructions to an instruction-tuned API model.
 
 These constants are the defaults of the matching `Context` fields, so a run can override them.

@@ -44,7 +44,7 @@ def ingest(state: IndexState, runtime: Runtime[Context]) -> dict[str, Any]:
     ctx = context_of(runtime)
     store = KnowledgeStore(shared_database(ctx.database_url), load_embeddings(), ctx.collection)
     summary = ingest_paths(store, state.get("paths", []),
-                           fmt=state.get("format", "auto"))  # type: ignore[arg-type]
+                           fmt=state.get("format", "auto"))
     return {"summary": summary.to_json()}
 
 

@@ -51,7 +51,7 @@ def event(state: Mapping[str, Any], node: str, decision: str, started: float,
     """Build the trace event of a node that started at `started` (perf_counter seconds)."""
     return TraceEvent(step=state.get("steps", 0) + 1, node=node, decision=decision,
                       elapsed_ms=round((time.perf_counter() - started) * 1000, 2),
-                      **extra)  # type: ignore[typeddict-item]
+                      **extra)
 
 
 def citations_of(documents: Sequence[Document]) -> list[Citation]:

@@ -122,7 +122,7 @@ class Agent:
         self._saver_pool = ConnectionPool(
             db.url, min_size=1, max_size=4, open=True, timeout=CONNECT_TIMEOUT_S,
             kwargs={"autocommit": True, "prepare_threshold": 0, "row_factory": dict_row})
-        saver = PostgresSaver(self._saver_pool)  # type: ignore[arg-type]
+        saver = PostgresSaver(self._saver_pool)
         saver.setup()
         return saver
 
