@@ -13,7 +13,7 @@ import json
 import logging
 import re
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -40,17 +40,25 @@ Allowed actions: {actions}.
 <question>
 {question}
 </question>
-Reply with JSON only, for example {{"action": "{example}", "reason": "one short sentence"}}"""
-"""User prompt of the LLM router; the question goes inside the delimiters."""
+Reply with JSON only: {{"action": "<{choices}>", "reason": "<one short sentence>"}}"""
+"""User prompt of the LLM router; the question goes inside the delimiters.
+
+The reply format shows a placeholder, not a real action: a small model that only parrots the
+format then fails to parse and the rules decide, instead of every question silently getting the
+example's action."""
 
 ROUTER_REPAIR_PROMPT = """\
 Your reply could not be used: {problem}
 Reply again with exactly one line of JSON and no other text, where "action" is one of {actions}:
-{{"action": "{example}", "reason": "why"}}"""
+{{"action": "<{choices}>", "reason": "<why>"}}"""
 """Follow-up prompt sent once when the first reply cannot be parsed."""
+
+ROUTER_MAX_TOKENS = 96
+"""Most tokens a routing reply may take (a JSON object with a one-sentence reason)."""
 
 _ACTION_WORD = re.compile(r"\b(retrieve|decompose|specialist)\b", re.IGNORECASE)
 _LOOSE_ACTION = re.compile(r"[\"']?\baction\b[\"']?\s*[:=]\s*[\"']?([A-Za-z]+)", re.IGNORECASE)
+
 _BY_NAME: dict[str, Action] = {a: a for a in ACTIONS}
 _DELIMITER = re.compile(r"<\s*/?\s*question\s*>", re.IGNORECASE)
 _QUOTE_LIMIT = 120
@@ -159,6 +167,7 @@ class LLMRouter:
         system_prompt: str = ROUTER_SYSTEM_PROMPT,
         user_prompt: str = ROUTER_USER_PROMPT,
         repair_prompt: str = ROUTER_REPAIR_PROMPT,
+        invoke_kwargs: Mapping[str, Any] | None = None,
     ) -> None:
         """Build an LLM router.
 
@@ -167,8 +176,11 @@ class LLMRouter:
             fallback: The router used when the model fails twice; `RulesRouter()` by default.
             specialist_domain: What the specialist knows, e.g. "contract law".
             system_prompt: Template with ``{specialist_domain}``.
-            user_prompt: Template with ``{actions}``, ``{question}`` and ``{example}``.
-            repair_prompt: Template with ``{problem}``, ``{actions}`` and ``{example}``.
+            user_prompt: Template with ``{question}`` and optionally ``{actions}`` (quoted, comma
+                separated) and ``{choices}`` (``retrieve|decompose``).
+            repair_prompt: Template with ``{problem}``, ``{actions}`` and ``{choices}``.
+            invoke_kwargs: Keyword arguments of every ``invoke`` call; by default a token limit
+                (``max_tokens``, which LangChain's chat models and the local model accept).
         """
         self.chat_model = chat_model
         self.fallback = fallback if fallback is not None else RulesRouter()
@@ -176,6 +188,8 @@ class LLMRouter:
         self.system_prompt = system_prompt
         self.user_prompt = user_prompt
         self.repair_prompt = repair_prompt
+        self.invoke_kwargs = dict({"max_tokens": ROUTER_MAX_TOKENS} if invoke_kwargs is None
+                                  else invoke_kwargs)
 
     def route(self, question: str, *, allowed: Sequence[Action] = ACTIONS) -> RouteDecision:
         """Ask the model for an action; retry once with a stricter prompt, then fall back."""
@@ -185,17 +199,18 @@ class LLMRouter:
         allowed = check_allowed(allowed)
         question = check_question(question)
         actions = ", ".join(f'"{a}"' for a in allowed)
+        choices = "|".join(allowed)
         domain = f" ({self.specialist_domain})" if self.specialist_domain else ""
         messages: list[Any] = [
             SystemMessage(self.system_prompt.format(specialist_domain=domain)),
             HumanMessage(self.user_prompt.format(
-                actions=actions, question=fence_question(question), example=allowed[0])),
+                actions=actions, question=fence_question(question), choices=choices)),
         ]
         replies: list[str] = []
         problem = ""
         for attempt in range(2):
             try:
-                reply = message_text(self.chat_model.invoke(messages))
+                reply = message_text(self.chat_model.invoke(messages, **self.invoke_kwargs))
             except Exception as exc:  # any model failure means the rules decide
                 log.warning("router chat model failed: %s", exc)
                 replies.append(f"<error: {type(exc).__name__}: {exc}>")
@@ -218,7 +233,7 @@ class LLMRouter:
             messages += [
                 AIMessage(reply),
                 HumanMessage(self.repair_prompt.format(
-                    problem=problem, actions=actions, example=allowed[0])),
+                    problem=problem, actions=actions, choices=choices)),
             ]
         decision = self.fallback.route(question, allowed=allowed)
         said = " then ".join(_shorten(r) for r in replies)

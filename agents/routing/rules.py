@@ -77,6 +77,11 @@ DEFAULT_RULES: tuple[Rule, ...] = (
          rf"\b(?:the|a|an|its|his|her|their)\s+(?:\w+\s+)?{_RELATIONS}\s+(?:of|to|for|behind)"
          rf"\s+(?:the|a|an)\b",
          "a relation of something described, not named (the director of the film ...)"),
+    Rule("bridge-relation-verb", "decompose",
+         rf"\bthe\s+(?:\w+\s+)?{_RELATIONS}\s+of\s+\S.*\b(?:born|die|died|live|lived|play|played|"
+         r"study|studied|attend|attended|marry|married|found|founded|locate|located|start|started|"
+         r"win|won|work|worked|release|released|grow up|grew up)\b",
+         "a fact about a relation of something named (where was the director of X born)"),
     Rule("bridge-possessive", "decompose",
          rf"(?:'s|s')\s+(?:\w+\s+)?{_RELATIONS}\b.*\b(?:born|die|died|play|played|"
          r"release|released|found|founded|located|won|win|come from|live|located|located in)\b",
@@ -87,7 +92,8 @@ DEFAULT_RULES: tuple[Rule, ...] = (
          "a relative clause describing an unnamed entity (the singer who ...)"),
     Rule("long-question", "decompose", r"^(?:\W*\w+\b){12,}",
          "a long question (12 words or more), usually several facts"),
-    Rule("short-factoid", "retrieve", r"\w", "a short factoid question with no multi-hop pattern"),
+    Rule("short-factoid", "retrieve", r"\w.*",
+         "a short factoid question with no multi-hop pattern"),
 )
 """The default rule table, checked in order; the last rule always matches."""
 
