@@ -102,6 +102,23 @@ class OrchestratorNodes:
                                                                for d in docs]})],
         }
 
+    def retrieve_links(self, state: AgentState, runtime: Runtime[Context]) -> dict[str, Any]:
+        """Retrieve for the whole question, then follow the links its paragraphs mention."""
+        from ragtune.tools.multihop import retrieve_with_links
+
+        started = time.perf_counter()
+        ctx = context_of(runtime)
+        store = self.resources.store(ctx)
+        hits = retrieve_with_links(store, state["question"], first=ctx.k, linked=ctx.k,
+                                   mode=ctx.search_mode)
+        docs = [h.to_document() for h in hits]
+        return {
+            "documents": docs, "retrievals": 1, "steps": 1,
+            "trace": [event(state, "retrieve_links", f"{len(docs)} paragraphs", started,
+                            reason=f"question + linked paragraphs ({ctx.search_mode}, k={ctx.k})",
+                            detail={"titles": [d.metadata.get("title") for d in docs]})],
+        }
+
     def check_evidence(self, state: AgentState,
                              runtime: Runtime[Context]) -> dict[str, Any]:
         """Decide whether the evidence covers the question; if not, rewrite the query."""

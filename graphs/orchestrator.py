@@ -3,10 +3,10 @@
 ```
 START -> route -+-> retrieve -> check_evidence -+-> answer -> END
                 |       ^----- (rewritten) -----+
-                +-> decompose -> schedule --Send--> solve (per ready sub-question, in parallel)
-                |                  ^------------------+      |
-                |                  +--> answer               |
-                +-> specialist -> answer                     |
+                +-> retrieve_links -> decompose -> schedule --Send--> solve (each ready one)
+                |                                    ^------------------+
+                |                                    +--> answer
+                +-> specialist -> answer
 ```
 
 `build_graph()` compiles it; `graph` is the module-level instance that `langgraph.json` exposes to
@@ -64,6 +64,7 @@ def build_graph(resources: Resources | None = None, checkpointer: Any = None) ->
                          output_schema=OutputState)
     builder.add_node("route", nodes.route)
     builder.add_node("retrieve", nodes.retrieve, retry_policy=io_retry)
+    builder.add_node("retrieve_links", nodes.retrieve_links, retry_policy=io_retry)
     builder.add_node("check_evidence", nodes.check_evidence)
     builder.add_node("decompose", nodes.decompose)
     builder.add_node("schedule", _schedule_node)
@@ -75,6 +76,7 @@ def build_graph(resources: Resources | None = None, checkpointer: Any = None) ->
     builder.add_conditional_edges("route", routing.after_route)
     builder.add_edge("retrieve", "check_evidence")
     builder.add_conditional_edges("check_evidence", _after_check)
+    builder.add_edge("retrieve_links", "decompose")
     builder.add_edge("decompose", "schedule")
     builder.add_conditional_edges("schedule", _schedule, ["solve", "answer"])
     builder.add_edge("solve", "schedule")

@@ -26,13 +26,13 @@ def budget_exhausted(state: AgentState, context: Context) -> bool:
     return steps_left(state, context) <= 0
 
 
-def after_route(state: AgentState) -> Literal["retrieve", "decompose", "specialist"]:
-    """Follow the router's decision."""
+def after_route(state: AgentState) -> Literal["retrieve", "retrieve_links", "specialist"]:
+    """Follow the router's decision; a multi-hop question first retrieves by following links."""
     route = state.get("route")
     if route == "retrieve":
         return "retrieve"
     if route == "decompose":
-        return "decompose"
+        return "retrieve_links"
     if route == "specialist":
         return "specialist"
     raise ValueError(f"after_route: unexpected route {route!r}")

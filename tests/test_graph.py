@@ -20,6 +20,7 @@ from ragtune.errors import ConfigError, DatabaseError, InputError
 from ragtune.tools.store import KnowledgeStore
 
 SNAPSHOT = Path(__file__).parent / "snapshots" / "orchestrator.mmd"
+CHAIN = ["route", "retrieve_links", "decompose", "solve #1", "solve #2", "answer"]
 PARAGRAPHS = {
     "ada": ("Ada Lovelace", "Ada Lovelace was an English mathematician born in London."),
     "thames": ("River Thames", "The River Thames flows through London."),
@@ -97,7 +98,7 @@ def test_chain_decomposition_resolves_references(store: KnowledgeStore) -> None:
     answer = make_agent(store, script, router).ask(
         "Which river flows through the city where Ada Lovelace was born?")
     assert answer.text == "River Thames"
-    assert nodes(answer) == ["route", "decompose", "solve #1", "solve #2", "answer"]
+    assert nodes(answer) == CHAIN
     solved = [e for e in answer.trace if e["node"].startswith("solve")]
     assert solved[1]["detail"]["question"] == "Which river flows through London?"
     assert router.calls[1][1] == ("retrieve", "specialist")
@@ -142,7 +143,7 @@ def test_budgets_always_terminate(store: KnowledgeStore, max_steps: int) -> None
     answer = agent.ask("An endless chain of questions?")
     assert answer.steps <= max_steps
     assert nodes(answer)[-1] == "answer"
-    assert answer.exhausted == (answer.steps < 2 + 4 + 1)
+    assert answer.exhausted == (answer.steps < 3 + 4 + 1)  # route, links, plan; 4 hops; answer
     evidence_loop = make_agent(store, ["x"] * 5, ScriptedRouter("retrieve"),
                                max_steps=max_steps, evidence_threshold=1.0, max_retrievals=50)
     answer = evidence_loop.ask("Quetzalcoatl zeppelin hangar?")
@@ -200,6 +201,13 @@ class FlakyStore:
             raise DatabaseError("Cannot connect: the database went away")
         return self.inner.retrieve(*args, **kwargs)
 
+    def titles_mentioned(self, *args: Any, **kwargs: Any) -> Any:
+        return self.inner.titles_mentioned(*args, **kwargs)
+
+    @property
+    def mode(self) -> str:
+        return self.inner.mode
+
 
 def test_database_down_mid_run_then_thread_resumes(store: KnowledgeStore,
                                                    collection_name: str) -> None:
@@ -216,7 +224,7 @@ def test_database_down_mid_run_then_thread_resumes(store: KnowledgeStore,
     flaky.down = False
     answer = agent.resume(thread)
     assert answer.text == "River Thames"
-    assert nodes(answer) == ["route", "decompose", "solve #1", "solve #2", "answer"]
+    assert nodes(answer) == CHAIN
     with pytest.raises(InputError, match="no interrupted run"):
         agent.resume(thread)
     agent.close()

@@ -239,3 +239,26 @@ def test_collections_are_listed(fake_store: KnowledgeStore) -> None:
     row = next(c for c in list_collections(fake_store.database)
                if c["name"] == fake_store.collection)
     assert row["chunks"] == 1 and row["dimension"] == 32
+
+
+def test_titles_mentioned_and_link_following(fake_store: KnowledgeStore) -> None:
+    from ragtune.tools.multihop import retrieve_with_links
+
+    docs = {
+        "Kiss and Tell": "Kiss and Tell is a 1945 film starring Shirley Temple as Corliss Archer.",
+        "Shirley Temple": "Shirley Temple later served as United States Ambassador to Ghana.",
+        "Ghana": "Ghana is a country in West Africa.",
+        "It": "It is a novel.",
+        "Unrelated": "Bread rises because of yeast.",
+    }
+    fake_store.add_texts(list(docs.values()), [{"source": t, "title": t} for t in docs])
+    text = docs["Kiss and Tell"] + " " + docs["Shirley Temple"]
+    # First mention first; "It" is below min_length; a title's own text also mentions it.
+    assert fake_store.titles_mentioned([text]) == ["Kiss and Tell", "Shirley Temple", "Ghana"]
+    assert fake_store.titles_mentioned([""]) == []
+    only = fake_store.retrieve("film", 5, mode="dense", titles=["Ghana", "Unrelated"])
+    assert {h.title for h in only} == {"Ghana", "Unrelated"}
+    hits = retrieve_with_links(fake_store, "Kiss and Tell film", first=1, linked=2,
+                               sources=1, mode="text")
+    assert [h.title for h in hits][:2] == ["Kiss and Tell", "Shirley Temple"]
+    assert len(hits) <= 3

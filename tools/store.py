@@ -452,10 +452,12 @@ class KnowledgeStore(VectorStore):
         *,
         mode: SearchMode | None = None,
         filter: dict[str, Any] | None = None,
+        titles: Sequence[str] | None = None,
     ) -> list[SearchHit]:
         """Return the `k` best chunks for `query` in `mode` (the store's default when None).
 
-        Scores: cosine similarity (`dense`), BM25 (`text`), fused RRF score (`hybrid`).
+        `titles` restricts the search to chunks with one of these titles. Scores: cosine
+        similarity (`dense`), BM25 (`text`), fused RRF score (`hybrid`).
         """
         mode = check_mode(mode or self.mode)
         if not isinstance(query, str) or not query.strip():
@@ -463,12 +465,35 @@ class KnowledgeStore(VectorStore):
         if k < 1:
             raise InputError(f"k must be at least 1, not {k}")
         where, params = compile_filter(filter)
+        if titles is not None:
+            where = sql.SQL("({} AND c.title = ANY(%s))").format(where)
+            params = [*params, list(titles)]
         vector = self._embed_query(query) if mode != "text" else None
         statement, args = self._search_sql(mode, k, query, vector, where, params)
         with self.database.pool.connection() as conn, conn.transaction():
             self._set_scan_options(conn, k)
             rows = conn.execute(statement, args).fetchall()
         return [SearchHit(*row) for row in rows]
+
+    def titles_mentioned(self, texts: Sequence[str], *, min_length: int = 4,
+                         limit: int = 50) -> list[str]:
+        """Return titles of this collection that occur verbatim in `texts`, first mention first.
+
+        This follows the links of a corpus whose documents are titled by the entity they describe
+        (an encyclopedia, a wiki, a product catalogue): a paragraph that names another document's
+        title points at it, as a hyperlink would. Titles shorter than `min_length` are ignored.
+        """
+        text = "\n".join(t for t in texts if t)
+        if not text:
+            return []
+        stmt = sql.SQL(
+            "SELECT title FROM (SELECT DISTINCT title FROM {t} WHERE title IS NOT NULL"
+            " AND length(title) >= %s) c, LATERAL (SELECT position(c.title in %s) AS pos) p"
+            " WHERE p.pos > 0 ORDER BY p.pos, title LIMIT %s").format(
+            t=sql.Identifier(self.table))
+        with self.database.pool.connection() as conn:
+            rows = conn.execute(stmt, (min_length, text, limit)).fetchall()
+        return [row[0] for row in rows]
 
     async def aretrieve(self, query: str, k: int = 4, **kwargs: Any) -> list[SearchHit]:
         """Async face of `retrieve` (runs it in a worker thread)."""
