@@ -162,6 +162,21 @@ def load_chat_model(spec: str = DEFAULT_CHAT_MODEL, **kwargs: Any) -> BaseChatMo
         raise ConfigError(f"Cannot load {spec}: {exc}") from exc
 
 
+def check_model_spec(spec: str) -> None:
+    """Raise `ConfigError` now for a spec that `load_chat_model` would refuse, loading nothing.
+
+    Checks the grammar, that a local model is known, and that a provider's package is installed and
+    its API key set; so a run fails before any work rather than at its first model call.
+    """
+    provider, model = parse_model_spec(spec)
+    if provider == "local":
+        _local_source(model)
+        return
+    requirements = PROVIDERS.get(provider)
+    if requirements is not None:
+        _check_provider(spec, requirements, {})
+
+
 def load_local_model(
     name: str = "gemma-3-270m", *, home: str | os.PathLike[str] | None = None
 ) -> LocalCausalLM:

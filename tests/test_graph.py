@@ -167,6 +167,15 @@ def test_bad_configuration_is_refused(store: KnowledgeStore) -> None:
         Agent(store=store, temperature=3, checkpoint=False)
     with pytest.raises(ConfigError):
         Agent(store=store, model="no-provider-here", checkpoint=False)
+    with pytest.raises(ConfigError, match="gemma-9000"):
+        Agent(store=store, model="local:gemma-9000", checkpoint=False)
+    env_key = os.environ.pop("OPENAI_API_KEY", None)
+    try:
+        with pytest.raises(ConfigError, match="OPENAI_API_KEY|langchain-openai"):
+            Agent(store=store, model="openai:gpt-4o-mini", checkpoint=False)
+    finally:
+        if env_key is not None:
+            os.environ["OPENAI_API_KEY"] = env_key
 
 
 def test_retrieved_instructions_do_not_steer_routing(store: KnowledgeStore) -> None:

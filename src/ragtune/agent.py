@@ -94,6 +94,12 @@ class Agent:
             overrides["specialist_model"] = specialist_model
             specialist_model = None
         self.context = _with_overrides(context or Context.from_env(), overrides)
+        from ragtune.agents.models import check_model_spec
+
+        if model is None:
+            check_model_spec(self.context.model)
+        if specialist_model is None:
+            check_model_spec(self.context.specialist_model)
         self.resources = Resources(store=store, chat_model=model,
                                    specialist_model=specialist_model, router=router)
         self._checkpoint = checkpoint
