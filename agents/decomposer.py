@@ -19,6 +19,7 @@ from langchain_core.messages import HumanMessage
 
 from ragtune.agents.prompts import DECOMPOSE_PROMPT
 
+MAX_PLAN_TOKENS = 96
 _NUMBERED = re.compile(r"^\s*(?:\d+[.):]|[-*•])\s*(.+?)\s*$")
 _REFERENCE = re.compile(r"#(\d+)")
 _COMPARISON = re.compile(
@@ -101,7 +102,8 @@ def decompose_question(
         max_hops: The most sub-questions kept.
     """
     text = prompt.format(question=question.strip())
-    reply = model.invoke([HumanMessage(content=text)], stop=["<question>", "\n\n\n"])
+    reply = model.invoke([HumanMessage(content=text)], stop=["<question>", "\n\n"],
+                         max_tokens=MAX_PLAN_TOKENS)
     raw = reply.content if isinstance(reply.content, str) else str(reply.content)
     subs = parse_sub_questions(raw, max_hops)
     if not subs:
@@ -109,6 +111,10 @@ def decompose_question(
         return Decomposition(subs, raw, True, "model output had no numbered sub-questions",
                              dependencies(subs))
     if len(subs) == 1 and subs[0].strip().lower() == question.strip().lower():
+        split = fallback_decomposition(question)[:max_hops]
+        if len(split) > 1:
+            return Decomposition(split, raw, True, "model kept the question whole; split the "
+                                 "comparison", dependencies(split))
         reason = "model kept the question whole"
     else:
         reason = f"model gave {len(subs)} sub-questions"
