@@ -415,7 +415,9 @@ def test_local_models_load_once_per_process(
     for thread in threads:
         thread.join()
     assert len(loads) == 1
-    assert loads[0] == Path(os.environ["RAGTUNE_HOME"]) / "models" / "gemma-3-270m"
+    from ragtune.paths import cache_dir
+
+    assert loads[0] == cache_dir() / "models" / "gemma-3-270m"
     assert all(m.runtime is runtime and m.max_new_tokens == 3 for m in made)
     with pytest.raises(ConfigError, match="Invalid settings for local:gemma-3-270m"):
         load_chat_model("local:gemma-3-270m", max_new_tokns=3)
