@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import importlib.util
 import json
-import os
 import threading
 import time
 from pathlib import Path
