@@ -262,3 +262,21 @@ def test_titles_mentioned_and_link_following(fake_store: KnowledgeStore) -> None
                                sources=1, mode="text")
     assert [h.title for h in hits][:2] == ["Kiss and Tell", "Shirley Temple"]
     assert len(hits) <= 3
+
+
+def test_bulk_write_rebuilds_the_hnsw_index(fake_store: KnowledgeStore) -> None:
+    from ragtune.tools.store import BULK_ROWS
+
+    def index_exists() -> bool:
+        with fake_store.database.pool.connection() as conn:
+            row = conn.execute("SELECT to_regclass(%s)", (f'"{fake_store.table}_hnsw"',))
+            return row.fetchone()[0] is not None  # type: ignore[index]
+
+    n = BULK_ROWS + 10
+    fake_store.add_texts([f"bulk row {i}" for i in range(n)],
+                         [{"source": f"s{i}"} for i in range(n)])
+    assert fake_store.count() == n and index_exists()
+    hits = fake_store.retrieve("bulk row 5", 3, mode="dense")
+    assert len(hits) == 3
+    fake_store.add_texts(["one more"])
+    assert index_exists() and fake_store.count() == n + 1

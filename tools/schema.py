@@ -168,12 +168,21 @@ def collection_ddl(table: str, dimension: int, m: int, ef_construction: int) -> 
                 created_at  timestamptz NOT NULL DEFAULT now()
             )"""
         ).format(t=t, dim=sql.Literal(dimension)),
-        index("hnsw", "hnsw (embedding vector_cosine_ops) WITH (m = {m}, ef_construction = {ef})"),
+        hnsw_index_ddl(table, m, ef_construction),
         index("fts", "gin (fts)"),
         index("meta", "gin (metadata jsonb_path_ops)"),
         index("source", "btree (source)"),
         sql.SQL("SELECT ragtune_attach_text_stats({})").format(sql.Literal(table)),
     ]
+
+
+def hnsw_index_ddl(table: str, m: int, ef_construction: int) -> sql.Composed:
+    """Return the statement that creates a collection's HNSW (cosine) index, if missing."""
+    return sql.SQL(
+        "CREATE INDEX IF NOT EXISTS {i} ON {t} USING hnsw (embedding vector_cosine_ops)"
+        " WITH (m = {m}, ef_construction = {ef})"
+    ).format(i=sql.Identifier(f"{table}_hnsw"), t=sql.Identifier(table), m=sql.Literal(m),
+             ef=sql.Literal(ef_construction))
 
 
 def drop_collection_ddl(table: str) -> list[sql.Composed]:

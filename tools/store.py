@@ -33,7 +33,7 @@ from psycopg.types.json import Jsonb
 from ragtune.errors import ConfigError, DimensionMismatchError, InputError
 from ragtune.tools.database import Database
 from ragtune.tools.filters import compile_filter
-from ragtune.tools.schema import collection_ddl, drop_collection_ddl
+from ragtune.tools.schema import collection_ddl, drop_collection_ddl, hnsw_index_ddl
 
 if TYPE_CHECKING:
     import numpy as np
@@ -42,6 +42,8 @@ if TYPE_CHECKING:
 SearchMode = Literal["dense", "text", "hybrid"]
 SEARCH_MODES: tuple[SearchMode, ...] = get_args(SearchMode)
 DEFAULT_COLLECTION = "default"
+# Writes of at least this many rows (into a table no larger) rebuild the HNSW index once instead.
+BULK_ROWS = 2000
 
 
 @dataclass(frozen=True)
@@ -213,12 +215,15 @@ class KnowledgeStore(VectorStore):
         with self.database.pool.connection() as conn, conn.transaction():
             conn.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", (self.collection,))
             row = conn.execute(
-                "SELECT table_name, embedding_model, dimension FROM ragtune_collections"
-                " WHERE name = %s",
+                "SELECT table_name, embedding_model, dimension, hnsw_m, hnsw_ef_construction"
+                " FROM ragtune_collections WHERE name = %s",
                 (self.collection,),
             ).fetchone()
+            # The index parameters a collection was built with are its own, whatever asked now.
+            self._m: int = int(row[3]) if row else self.index.m
+            self._ef_construction: int = int(row[4]) if row else self.index.ef_construction
             if row is not None:
-                table, model, dimension = row
+                table, model, dimension = row[:3]
                 if dimension != self.dimension or model != self.embedding_model:
                     raise DimensionMismatchError(
                         f"Collection {self.collection!r} was built with {model} ({dimension}-d "
@@ -277,7 +282,18 @@ class KnowledgeStore(VectorStore):
         """COPY `rows` into a staging table and merge them into the collection; return rows merged.
 
         Each row is (id, source, chunk_index, title, content, metadata_json, embedding).
+
+        A bulk write (at least `BULK_ROWS` rows, and at least as many as the table holds) drops
+        the HNSW index and rebuilds it after the insert, in the same transaction: building an
+        index once over all rows is several times faster than inserting each row into the graph
+        (pgvector's own advice for initial loads). Readers of this collection wait for that
+        transaction; smaller writes never do this.
         """
+        rows = list(rows)
+        rebuild = len(rows) >= BULK_ROWS and len(rows) >= self._row_count(conn)
+        if rebuild:
+            conn.execute(sql.SQL("DROP INDEX IF EXISTS {}").format(
+                sql.Identifier(f"{self.table}_hnsw")))
         conn.execute(
             "CREATE TEMP TABLE IF NOT EXISTS ragtune_stage (id text, source text, chunk_index int,"
             " title text, content text, metadata jsonb, embedding vector) ON COMMIT DELETE ROWS"
@@ -301,7 +317,16 @@ class KnowledgeStore(VectorStore):
                 " SELECT DISTINCT ON (id) id, source, chunk_index, title, content, metadata,"
                 " embedding FROM ragtune_stage ORDER BY id " + on_conflict
             ).format(t=sql.Identifier(self.table)))
-            return cur.rowcount
+            written = cur.rowcount
+        if rebuild:
+            conn.execute("SELECT set_config('maintenance_work_mem', '512MB', true)")
+            conn.execute(hnsw_index_ddl(self.table, self._m, self._ef_construction))
+        return written
+
+    def _row_count(self, conn: psycopg.Connection[Any]) -> int:
+        row = conn.execute(sql.SQL("SELECT count(*) FROM {}").format(
+            sql.Identifier(self.table))).fetchone()
+        return int(row[0]) if row else 0
 
     def add_texts(
         self,
