@@ -73,6 +73,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--model", default=None, help="chat model spec (default local gemma)")
     parser.add_argument("--home", default=None, help="ragtune home (default: a temp dir)")
     parser.add_argument("--out", default=str(REPO / "bench" / "results" / "graph.json"))
+    parser.add_argument("--retrieval-limit", type=int, default=1000,
+                        help="questions for the routing + retrieval table (no generation)")
     args = parser.parse_args(argv)
 
     data = Path(args.data_dir) / "hotpotqa" / f"dev_{args.split}.json"
@@ -94,7 +96,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"pool: {summary.documents} paragraphs ({summary.new} new) in "
           f"{time.perf_counter() - started:.0f} s", flush=True)
 
-    baseline = {"recall@10": [], "both@10": []}
+    baseline: dict[str, list[float]] = {"recall@10": [], "both@10": []}
     for item in questions:
         gold = {t for t, _ in item["supporting_facts"]}
         titles = first_titles([h.title for h in store.retrieve(item["question"], 15)])
@@ -102,7 +104,13 @@ def main(argv: list[str] | None = None) -> int:
         baseline["recall@10"].append(r)
         baseline["both@10"].append(b)
 
+    everything = json.loads(data.read_text())[: args.retrieval_limit]
+    routing_retrieval = {policy: route_and_retrieve(store, everything, policy)
+                         for policy in args.policies if policy != "llm"}
+    print_routing_retrieval(routing_retrieval)
+
     results: dict[str, Any] = {"split": args.split, "questions": len(questions),
+                               "routing_retrieval": routing_retrieval,
                                "model": args.model or "local:gemma-3-270m",
                                "single_shot_hybrid": {k: statistics.mean(v)
                                                       for k, v in baseline.items()},
@@ -136,6 +144,58 @@ def main(argv: list[str] | None = None) -> int:
     Path(args.out).write_text(json.dumps(results, indent=2))
     print(f"\nwrote {args.out}")
     return 0
+
+
+def route_and_retrieve(store: Any, questions: list[dict[str, Any]], policy: str) -> dict[str, Any]:
+    """Route every question and retrieve what the agent retrieves first on that route.
+
+    No text is generated: the `retrieve` route's first retrieval is the top-k of the question,
+    the `decompose` route's is `retrieve_with_links` (question, then linked paragraphs); both are
+    what the agent holds before any sub-question runs. Compared with single-shot hybrid top-10.
+    """
+    from ragtune.agents.context import Context
+    from ragtune.graphs.resources import Resources
+    from ragtune.tools.multihop import retrieve_with_links
+
+    ctx = Context(routing_policy=policy)
+    router = Resources(embeddings=store.embeddings).router(ctx)
+    per_route: dict[str, dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
+    for item in questions:
+        gold = {t for t, _ in item["supporting_facts"]}
+        decision = router.route(item["question"])
+        single = first_titles([h.title for h in store.retrieve(item["question"], 15)])
+        if decision.action == "decompose":
+            hits = retrieve_with_links(store, item["question"], first=ctx.k, linked=ctx.k)
+        else:
+            hits = store.retrieve(item["question"], 15)
+        titles = first_titles([h.title for h in hits])
+        bucket = per_route[decision.action]
+        for name, value in (("both@10", recall_both(gold, titles)[1]),
+                            ("single_both@10", recall_both(gold, single)[1]),
+                            ("recall@10", recall_both(gold, titles)[0]),
+                            ("decision_ms", decision.elapsed_ms),
+                            ("bridge", float(item["type"] == "bridge"))):
+            bucket[name].append(value)
+    out: dict[str, Any] = {}
+    for route, values in sorted(per_route.items()):
+        out[route] = {"n": len(values["both@10"]),
+                      **{k: statistics.mean(v) for k, v in values.items()},
+                      "decision_ms_p50": percentile(values["decision_ms"], 0.5),
+                      "decision_ms_p95": percentile(values["decision_ms"], 0.95)}
+    return out
+
+
+def print_routing_retrieval(table: dict[str, dict[str, Any]]) -> None:
+    """Print the routing + first-retrieval table."""
+    print("\n| policy | route | n | share bridge | both@10 (agent) | both@10 (single-shot hybrid) "
+          "| recall@10 | router ms p50/p95 |")
+    print("|---|---|---|---|---|---|---|---|")
+    for policy, routes in table.items():
+        for route, r in routes.items():
+            print(f"| {policy} | {route} | {r['n']} | {r['bridge']:.2f} | {r['both@10']:.3f} | "
+                  f"{r['single_both@10']:.3f} | {r['recall@10']:.3f} | "
+                  f"{r['decision_ms_p50']:.1f}/{r['decision_ms_p95']:.1f} |")
+    sys.stdout.flush()
 
 
 def summarise(rows: list[dict[str, Any]], baseline: dict[str, list[float]]) -> dict[str, Any]:
