@@ -112,10 +112,10 @@ def main(argv: list[str] | None = None) -> int:
     results: dict[str, Any] = {"split": args.split, "questions": len(questions),
                                "routing_retrieval": routing_retrieval,
                                "model": args.model or "local:gemma-3-270m",
-                               "single_shot_hybrid": {k: statistics.mean(v)
+                               "single_shot_hybrid": {k: statistics.mean(v) if v else None
                                                       for k, v in baseline.items()},
                                "policies": {}}
-    for policy in args.policies:
+    for policy in args.policies if questions else []:
         rows = []
         with Agent(store=store, routing_policy=policy, checkpoint=False,
                    model=args.model) as agent:
@@ -139,7 +139,8 @@ def main(argv: list[str] | None = None) -> int:
         results["policies"][policy] = summarise(rows, baseline)
         results["policies"][policy]["rows"] = rows
     db.close()
-    print_tables(results)
+    if questions:
+        print_tables(results)
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(results, indent=2))
     print(f"\nwrote {args.out}")
