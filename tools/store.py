@@ -334,7 +334,7 @@ class KnowledgeStore(VectorStore):
         metadatas: list[dict[Any, Any]] | None = None,
         *,
         ids: list[str] | None = None,
-        batch_size: int = 1000,
+        batch_size: int = 10_000,
         **kwargs: Any,
     ) -> list[str]:
         """Embed and upsert `texts`; return their ids.
@@ -342,6 +342,8 @@ class KnowledgeStore(VectorStore):
         An id given (argument or `Document.id`) is kept; otherwise the id derives from the
         collection, the `source` metadata and the text, so adding the same text twice is a no-op.
         A row whose id exists is overwritten. `source` and `title` metadata fill those columns.
+        Each `batch_size` rows are one transaction; a large first batch into a small collection is
+        a bulk write (see `_write_rows`).
         """
         texts = list(texts)
         metadatas = list(metadatas) if metadatas else [{} for _ in texts]
