@@ -12,6 +12,7 @@ import json
 import shutil
 import socket
 import subprocess
+import sys
 import time
 import urllib.request
 from collections.abc import Iterator
@@ -33,7 +34,8 @@ def _free_port() -> int:
 
 @pytest.fixture
 def dev_server(tmp_path: Path, cli_env: dict[str, str]) -> Iterator[str]:
-    exe = shutil.which("langgraph", path=str(Path(cli_env.get("VIRTUAL_ENV", "")) / "bin")) \
+    # The CLI sits next to this interpreter in a virtual environment, activated or not.
+    exe = shutil.which("langgraph", path=str(Path(sys.executable).parent)) \
         or shutil.which("langgraph")
     if exe is None:
         pytest.fail("langgraph-cli is not installed (pip install -e '.[dev]')")
