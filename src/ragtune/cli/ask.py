@@ -5,10 +5,10 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from pathlib import Path
 from typing import Any
 
 from ragtune.agents.context import ROUTING_POLICIES
+from ragtune.cli.questions import read_questions
 from ragtune.errors import InputError, RagtuneError
 
 
@@ -29,30 +29,6 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
     p.add_argument("--trace", action="store_true", help="print the route trace")
     p.add_argument("--json", action="store_true", help="print JSON")
     p.set_defaults(handler=run_ask)
-
-
-def _read_questions(path: str) -> list[tuple[str, str]]:
-    file = Path(path)
-    if not file.is_file():
-        raise InputError(f"{path}: no such file")
-    try:
-        lines = file.read_text(encoding="utf-8").splitlines()
-    except UnicodeDecodeError as exc:
-        raise InputError(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start})") from exc
-    out = []
-    for number, line in enumerate(lines, 1):
-        if not line.strip():
-            continue
-        try:
-            item = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise InputError(f"{path}:{number}: invalid JSON ({exc.msg})") from exc
-        if not isinstance(item, dict) or not isinstance(item.get("question"), str):
-            raise InputError(f'{path}:{number}: expected {{"id", "question"}}')
-        out.append((str(item.get("id", number)), item["question"]))
-    if not out:
-        raise InputError(f"{path}: no questions")
-    return out
 
 
 def _line(qid: str, answer: Any) -> dict[str, Any]:
@@ -76,7 +52,7 @@ def run_ask(args: argparse.Namespace) -> int:
 
     if (args.question is None) == (args.questions is None):
         raise InputError("give a QUESTION or --questions FILE.jsonl (not both)")
-    batch = _read_questions(args.questions) if args.questions else None
+    batch = read_questions(args.questions, allow_blank=True) if args.questions else None
     overrides = {"collection": args.collection, "routing_policy": args.policy,
                  "model": args.model, "k": args.k}
     if args.database_url:

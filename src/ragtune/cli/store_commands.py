@@ -10,6 +10,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from ragtune.cli.questions import read_questions
 from ragtune.errors import InputError
 from ragtune.tools.store import DEFAULT_COLLECTION, SEARCH_MODES
 
@@ -123,33 +124,6 @@ def run_ingest(args: argparse.Namespace) -> int:
     return 0
 
 
-def _read_queries(path: str) -> list[tuple[str, str]]:
-    file = Path(path)
-    if not file.is_file():
-        raise InputError(f"{path}: no such file")
-    queries = []
-    with file.open(encoding="utf-8", errors="strict") as handle:
-        try:
-            lines = list(handle)
-        except UnicodeDecodeError as exc:
-            raise InputError(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start})") from exc
-    for number, line in enumerate(lines, 1):
-        if not line.strip():
-            continue
-        try:
-            item = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise InputError(f"{path}:{number}: invalid JSON ({exc.msg})") from exc
-        if not isinstance(item, dict) or not isinstance(item.get("question"), str) \
-                or not item["question"].strip():
-            raise InputError(f'{path}:{number}: expected {{"id", "question"}} with a non-empty '
-                             "question")
-        queries.append((str(item.get("id", number)), item["question"]))
-    if not queries:
-        raise InputError(f"{path}: no queries")
-    return queries
-
-
 def run_search(args: argparse.Namespace) -> int:
     """`ragtune search`: one query (table or JSON) or a batch (JSON lines)."""
     from ragtune.tools.filters import parse_filter
@@ -161,7 +135,7 @@ def run_search(args: argparse.Namespace) -> int:
         raise InputError("give a QUERY or --queries FILE.jsonl (not both)")
     if args.query is not None and not args.query.strip():
         raise InputError("the query is empty")
-    batch = _read_queries(args.queries) if args.queries else None
+    batch = read_questions(args.queries) if args.queries else None
     with open_store(args, create=False) as store:
         if batch is not None:
             for qid, question in batch:
