@@ -280,3 +280,21 @@ def test_bulk_write_rebuilds_the_hnsw_index(fake_store: KnowledgeStore) -> None:
     assert len(hits) == 3
     fake_store.add_texts(["one more"])
     assert index_exists() and fake_store.count() == n + 1
+
+
+def test_text_statistics_stay_exact_through_every_write_path(fake_store: KnowledgeStore) -> None:
+    def stats() -> tuple[int, dict[str, int]]:
+        with fake_store.database.pool.connection() as conn:
+            docs = conn.execute("SELECT docs FROM ragtune_text_stats WHERE table_name = %s",
+                                (fake_store.table,)).fetchone()[0]  # type: ignore[index]
+            terms = dict(conn.execute(
+                "SELECT lexeme, df FROM ragtune_text_terms WHERE table_name = %s AND df > 0",
+                (fake_store.table,)).fetchall())
+        return docs, terms
+
+    fake_store.add_texts(["red apples", "green apples"], ids=["a", "b"])
+    assert stats() == (2, {"red": 1, "green": 1, "appl": 2})
+    fake_store.add_texts(["red pears"], ids=["b"])  # INSERT ... ON CONFLICT DO UPDATE
+    assert stats() == (2, {"red": 2, "appl": 1, "pear": 1})
+    fake_store.delete(["a"])
+    assert stats() == (1, {"red": 1, "pear": 1})

@@ -27,54 +27,32 @@ class Migration:
 
 
 _TEXT_STATS_FUNCTIONS = """
-CREATE OR REPLACE FUNCTION ragtune_text_stats_add() RETURNS trigger LANGUAGE plpgsql AS $$
+CREATE OR REPLACE FUNCTION ragtune_text_stats() RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN
-    INSERT INTO ragtune_text_stats AS s (table_name, docs, total_len)
-        SELECT TG_TABLE_NAME, count(*), coalesce(sum(length(fts)), 0) FROM new_rows
-        ON CONFLICT (table_name) DO UPDATE
-        SET docs = s.docs + EXCLUDED.docs, total_len = s.total_len + EXCLUDED.total_len;
-    INSERT INTO ragtune_text_terms AS t (table_name, lexeme, df)
-        SELECT TG_TABLE_NAME, lexeme, count(*)
-        FROM new_rows, unnest(tsvector_to_array(new_rows.fts)) AS lexeme
-        GROUP BY lexeme ORDER BY lexeme
-        ON CONFLICT (table_name, lexeme) DO UPDATE SET df = t.df + EXCLUDED.df;
-    RETURN NULL;
-END $$;
-
-CREATE OR REPLACE FUNCTION ragtune_text_stats_remove() RETURNS trigger LANGUAGE plpgsql AS $$
-BEGIN
-    UPDATE ragtune_text_stats s
-        SET docs = s.docs - o.n, total_len = s.total_len - o.len
-        FROM (SELECT count(*) AS n, coalesce(sum(length(fts)), 0) AS len FROM old_rows) o
-        WHERE s.table_name = TG_TABLE_NAME;
-    UPDATE ragtune_text_terms t SET df = t.df - o.n
-        FROM (SELECT lexeme, count(*) AS n
-              FROM old_rows, unnest(tsvector_to_array(old_rows.fts)) AS lexeme
-              GROUP BY lexeme ORDER BY lexeme) o
-        WHERE t.table_name = TG_TABLE_NAME AND t.lexeme = o.lexeme;
-    RETURN NULL;
-END $$;
-
-CREATE OR REPLACE FUNCTION ragtune_text_stats_replace() RETURNS trigger LANGUAGE plpgsql AS $$
-BEGIN
-    UPDATE ragtune_text_stats s
-        SET docs = s.docs - o.n, total_len = s.total_len - o.len
-        FROM (SELECT count(*) AS n, coalesce(sum(length(fts)), 0) AS len FROM old_rows) o
-        WHERE s.table_name = TG_TABLE_NAME;
-    UPDATE ragtune_text_terms t SET df = t.df - o.n
-        FROM (SELECT lexeme, count(*) AS n
-              FROM old_rows, unnest(tsvector_to_array(old_rows.fts)) AS lexeme
-              GROUP BY lexeme ORDER BY lexeme) o
-        WHERE t.table_name = TG_TABLE_NAME AND t.lexeme = o.lexeme;
-    INSERT INTO ragtune_text_stats AS s (table_name, docs, total_len)
-        SELECT TG_TABLE_NAME, count(*), coalesce(sum(length(fts)), 0) FROM new_rows
-        ON CONFLICT (table_name) DO UPDATE
-        SET docs = s.docs + EXCLUDED.docs, total_len = s.total_len + EXCLUDED.total_len;
-    INSERT INTO ragtune_text_terms AS t (table_name, lexeme, df)
-        SELECT TG_TABLE_NAME, lexeme, count(*)
-        FROM new_rows, unnest(tsvector_to_array(new_rows.fts)) AS lexeme
-        GROUP BY lexeme ORDER BY lexeme
-        ON CONFLICT (table_name, lexeme) DO UPDATE SET df = t.df + EXCLUDED.df;
+    -- PL/pgSQL plans each statement when it first runs, so a branch may name a transition
+    -- table that only the other trigger events have.
+    IF TG_OP IN ('DELETE', 'UPDATE') THEN
+        UPDATE ragtune_text_stats s
+            SET docs = s.docs - o.n, total_len = s.total_len - o.len
+            FROM (SELECT count(*) AS n, coalesce(sum(length(fts)), 0) AS len FROM old_rows) o
+            WHERE s.table_name = TG_TABLE_NAME;
+        UPDATE ragtune_text_terms t SET df = t.df - o.n
+            FROM (SELECT lexeme, count(*) AS n
+                  FROM old_rows, unnest(tsvector_to_array(old_rows.fts)) AS lexeme
+                  GROUP BY lexeme ORDER BY lexeme) o
+            WHERE t.table_name = TG_TABLE_NAME AND t.lexeme = o.lexeme;
+    END IF;
+    IF TG_OP IN ('INSERT', 'UPDATE') THEN
+        INSERT INTO ragtune_text_stats AS s (table_name, docs, total_len)
+            SELECT TG_TABLE_NAME, count(*), coalesce(sum(length(fts)), 0) FROM new_rows
+            ON CONFLICT (table_name) DO UPDATE
+            SET docs = s.docs + EXCLUDED.docs, total_len = s.total_len + EXCLUDED.total_len;
+        INSERT INTO ragtune_text_terms AS t (table_name, lexeme, df)
+            SELECT TG_TABLE_NAME, lexeme, count(*)
+            FROM new_rows, unnest(tsvector_to_array(new_rows.fts)) AS lexeme
+            GROUP BY lexeme ORDER BY lexeme
+            ON CONFLICT (table_name, lexeme) DO UPDATE SET df = t.df + EXCLUDED.df;
+    END IF;
     RETURN NULL;
 END $$;
 
@@ -82,14 +60,14 @@ CREATE OR REPLACE FUNCTION ragtune_attach_text_stats(tbl text) RETURNS void
 LANGUAGE plpgsql AS $$
 BEGIN
     EXECUTE format('CREATE TRIGGER %I AFTER INSERT ON %I REFERENCING NEW TABLE AS new_rows'
-                   ' FOR EACH STATEMENT EXECUTE FUNCTION ragtune_text_stats_add()',
+                   ' FOR EACH STATEMENT EXECUTE FUNCTION ragtune_text_stats()',
                    tbl || '_stats_ins', tbl);
     EXECUTE format('CREATE TRIGGER %I AFTER DELETE ON %I REFERENCING OLD TABLE AS old_rows'
-                   ' FOR EACH STATEMENT EXECUTE FUNCTION ragtune_text_stats_remove()',
+                   ' FOR EACH STATEMENT EXECUTE FUNCTION ragtune_text_stats()',
                    tbl || '_stats_del', tbl);
     EXECUTE format('CREATE TRIGGER %I AFTER UPDATE ON %I REFERENCING OLD TABLE AS old_rows'
                    ' NEW TABLE AS new_rows FOR EACH STATEMENT'
-                   ' EXECUTE FUNCTION ragtune_text_stats_replace()',
+                   ' EXECUTE FUNCTION ragtune_text_stats()',
                    tbl || '_stats_upd', tbl);
     DELETE FROM ragtune_text_stats WHERE table_name = tbl;
     DELETE FROM ragtune_text_terms WHERE table_name = tbl;
