@@ -9,6 +9,8 @@ leading spaces): `f"{title}\\n{''.join(sentences)}"`.
 
 Throughput is timed separately on a seeded sample of the pool, the paths taking turns for a few
 rounds (median kept), so that load from other processes on a shared machine hits every path alike.
+Multi-threaded torch suffers badly from such load (a descheduled thread stalls the others at every
+barrier); `--threads 1` measures per-core throughput, which it barely moves.
 
 Paths: `float32` is sentence-transformers on torch CPU as shipped (the reference), `bfloat16` is the
 same under bfloat16 autocast (ragtune's default where the CPU has native bfloat16), and two
@@ -17,6 +19,7 @@ layers) and `bfloat16-len128` (truncation at 128 instead of 256 tokens).
 
     .venv/bin/python bench/embeddings.py                    # full run, ~30 min on two busy cores
     .venv/bin/python bench/embeddings.py --limit 200 --paths float32,bfloat16
+    .venv/bin/python bench/embeddings.py --skip-quality --threads 1 --out bench/results/t1.json
 """
 
 from __future__ import annotations
@@ -147,6 +150,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--sample", type=int, default=400, help="paragraphs per timing round")
     parser.add_argument("--rounds", type=int, default=3, help="timing rounds per path")
     parser.add_argument("--skip-quality", action="store_true", help="time only")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="torch intra-op threads (default: torch's choice, one per core); "
+                        "1 gives per-core numbers that other load on the machine barely moves")
     args = parser.parse_args(argv)
 
     names = [n.strip() for n in args.paths.split(",") if n.strip()]
@@ -160,6 +166,8 @@ def main(argv: list[str] | None = None) -> int:
 
     import torch
 
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
     models = {name: PATHS[name]() for name in names}
     rng = np.random.default_rng(0)
     picks = rng.choice(len(texts), size=min(args.sample, len(texts)), replace=False)

