@@ -61,14 +61,14 @@ LANGUAGE plpgsql AS $$
 BEGIN
     EXECUTE format('CREATE TRIGGER %I AFTER INSERT ON %I REFERENCING NEW TABLE AS new_rows'
                    ' FOR EACH STATEMENT EXECUTE FUNCTION ragtune_text_stats()',
-                   tbl || '_stats_ins', tbl);
+                   tbl || '_ti', tbl);
     EXECUTE format('CREATE TRIGGER %I AFTER DELETE ON %I REFERENCING OLD TABLE AS old_rows'
                    ' FOR EACH STATEMENT EXECUTE FUNCTION ragtune_text_stats()',
-                   tbl || '_stats_del', tbl);
+                   tbl || '_td', tbl);
     EXECUTE format('CREATE TRIGGER %I AFTER UPDATE ON %I REFERENCING OLD TABLE AS old_rows'
                    ' NEW TABLE AS new_rows FOR EACH STATEMENT'
                    ' EXECUTE FUNCTION ragtune_text_stats()',
-                   tbl || '_stats_upd', tbl);
+                   tbl || '_tu', tbl);
     DELETE FROM ragtune_text_stats WHERE table_name = tbl;
     DELETE FROM ragtune_text_terms WHERE table_name = tbl;
     EXECUTE format('INSERT INTO ragtune_text_stats (table_name, docs, total_len)'
