@@ -16,9 +16,10 @@ from typing import Any
 
 from langchain_core.documents import Document
 from langchain_core.language_models import BaseChatModel
-from langchain_core.messages import HumanMessage
+from langchain_core.messages import HumanMessage, SystemMessage
 
 from ragtune.agents.prompts import ANSWER_PROMPT, COMPOSE_PROMPT
+from ragtune.agents.specialist_model import is_adapter_model
 
 MAX_PARAGRAPH_CHARS = 700
 _ARTICLES = re.compile(r"\b(a|an|the)\b")
@@ -100,9 +101,19 @@ def answer_from_documents(
     prompt: str = ANSWER_PROMPT,
     max_tokens: int = 48,
 ) -> AnswerResult:
-    """Answer `question` from `documents` with `model`; cite the paragraphs that support it."""
-    raw, usage = _complete(model, prompt.format(context=format_context(documents),
-                                                question=question.strip()), max_tokens)
+    """Answer `question` from `documents` with `model`; cite the paragraphs that support it.
+
+    A `SpecialistModel` serving a `reader` adapter gets the paragraphs and the question in the
+    adapter's training format instead of the few-shot `prompt`.
+    """
+    if is_adapter_model(model, "reader"):
+        reply = model.invoke([SystemMessage(content=format_context(documents)),
+                              HumanMessage(content=question.strip())], max_tokens=max_tokens)
+        raw = reply.content if isinstance(reply.content, str) else str(reply.content)
+        usage = _usage(reply)
+    else:
+        raw, usage = _complete(model, prompt.format(context=format_context(documents),
+                                                    question=question.strip()), max_tokens)
     text = clean_answer(raw)
     return AnswerResult(text, cite(text, raw, documents), raw, usage)
 
@@ -117,9 +128,16 @@ def compose_answer(
     max_tokens: int = 48,
 ) -> AnswerResult:
     """Answer `question` from sub-question answers (`facts`: (sub-question, answer) pairs)."""
-    lines = "\n".join(f"{q} {a}" for q, a in facts)
-    raw, usage = _complete(model, prompt.format(facts=lines, question=question.strip()),
-                           max_tokens)
+    if is_adapter_model(model, "reader"):
+        numbered = "\n".join(f"[{i}] {q} {a}" for i, (q, a) in enumerate(facts, 1))
+        reply = model.invoke([SystemMessage(content=numbered),
+                              HumanMessage(content=question.strip())], max_tokens=max_tokens)
+        raw = reply.content if isinstance(reply.content, str) else str(reply.content)
+        usage = _usage(reply)
+    else:
+        lines = "\n".join(f"{q} {a}" for q, a in facts)
+        raw, usage = _complete(model, prompt.format(facts=lines, question=question.strip()),
+                               max_tokens)
     text = clean_answer(raw)
     if not text and facts:
         text = facts[-1][1]

@@ -36,8 +36,19 @@ class Context:
         "(e.g. 'local:gemma-3-270m', 'openai:gpt-4o-mini', 'ollama:llama3.1')."))
     specialist_model: str = field(default=DEFAULT_MODEL, metadata=_describe(
         "Base model of the specialist, as 'provider:model'."))
-    specialist_adapter: str | None = field(default=None, metadata=_describe(
-        "LoRA adapter of the specialist ('NAME' or 'NAME@VERSION'); none: the base model."))
+    specialist_adapter: str = field(default="auto", metadata=_describe(
+        "LoRA adapter of the specialist step ('NAME' or 'NAME@VERSION'); 'auto': the promoted "
+        "knowledge or custom adapter of the local base model, else the promoted reader; "
+        "'none': the base model prompted few-shot."))
+    reader_adapter: str = field(default="auto", metadata=_describe(
+        "LoRA adapter that answers from paragraphs when the chat model is local; 'auto': the "
+        "promoted reader adapter; 'none': few-shot prompting."))
+    decomposer_adapter: str = field(default="auto", metadata=_describe(
+        "LoRA adapter that decomposes questions when the chat model is local; 'auto': the "
+        "promoted decomposer adapter; 'none': few-shot prompting."))
+    specialist_threshold: float = field(default=0.5, metadata=_describe(
+        "Cosine similarity between a question and a knowledge/custom adapter's domain centroid "
+        "at which the question goes to the specialist."))
     database_url: str | None = field(default=None, metadata=_describe(
         "postgresql:// URL of the knowledge store; empty: RAGTUNE_DATABASE_URL, else the "
         "embedded server."))
@@ -90,6 +101,11 @@ class Context:
                               f"check_evidence, answer), not {self.max_steps}")
         if not 0.0 <= float(self.evidence_threshold) <= 1.0:
             raise ConfigError("evidence_threshold must be between 0 and 1")
+        if not -1.0 <= float(self.specialist_threshold) <= 1.0:
+            raise ConfigError("specialist_threshold must be between -1 and 1")
+        for name in ("specialist_adapter", "reader_adapter", "decomposer_adapter"):
+            if not isinstance(getattr(self, name), str) or not getattr(self, name).strip():
+                raise ConfigError(f"{name} must be 'auto', 'none', NAME or NAME@VERSION")
         for name in ("model", "specialist_model"):
             spec = getattr(self, name)
             if not isinstance(spec, str) or ":" not in spec:

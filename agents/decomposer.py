@@ -4,8 +4,9 @@ Sub-questions may refer to earlier answers as `#1`, `#2`, ...; `resolve_referenc
 them before a sub-question runs, and `dependencies` tells which sub-questions can run in parallel
 (those that refer to no unanswered one, as in comparisons).
 
-The model is prompted few-shot (`prompts.DECOMPOSE_PROMPT`); its output is parsed leniently. When it
-yields nothing usable (a small base model sometimes rambles), a deterministic fallback splits
+A `SpecialistModel` serving a `decomposer` LoRA adapter is asked in the adapter's training format;
+any other model is prompted few-shot (`prompts.DECOMPOSE_PROMPT`). Output is parsed leniently. When
+it yields nothing usable (a small base model sometimes rambles), a deterministic fallback splits
 comparisons ("X or Y") and otherwise keeps the question whole; the result says which happened.
 """
 
@@ -18,6 +19,7 @@ from langchain_core.language_models import BaseChatModel
 from langchain_core.messages import HumanMessage
 
 from ragtune.agents.prompts import DECOMPOSE_PROMPT
+from ragtune.agents.specialist_model import is_adapter_model
 
 MAX_PLAN_TOKENS = 96
 _NUMBERED = re.compile(r"^\s*(?:\d+[.):]|[-*•])\s*(.+?)\s*$")
@@ -101,9 +103,13 @@ def decompose_question(
         prompt: The few-shot template, with a `{question}` slot.
         max_hops: The most sub-questions kept.
     """
-    text = prompt.format(question=question.strip())
-    reply = model.invoke([HumanMessage(content=text)], stop=["<question>", "\n\n"],
-                         max_tokens=MAX_PLAN_TOKENS)
+    if is_adapter_model(model, "decomposer"):
+        reply = model.invoke([HumanMessage(content=question.strip())],
+                             max_tokens=MAX_PLAN_TOKENS)
+    else:
+        text = prompt.format(question=question.strip())
+        reply = model.invoke([HumanMessage(content=text)], stop=["<question>", "\n\n"],
+                             max_tokens=MAX_PLAN_TOKENS)
     raw = reply.content if isinstance(reply.content, str) else str(reply.content)
     subs = parse_sub_questions(raw, max_hops)
     if not subs:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import threading
+import time
 from collections.abc import AsyncIterator, Generator, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -216,6 +217,7 @@ class LocalCausalLM:
         self.model_id = model_id
         self.fingerprint = fingerprint
         self._lock = threading.Lock()
+        self._adapters: set[str] = set()
 
     @classmethod
     def from_directory(
@@ -239,19 +241,75 @@ class LocalCausalLM:
             self.model = None
             self.tokenizer = None
 
-    def complete(self, prompt: str, settings: GenerationSettings) -> Completion:
-        """Generate a continuation of `prompt`."""
+    @property
+    def adapters(self) -> frozenset[str]:
+        """Keys of the LoRA adapters loaded into this model."""
+        return frozenset(self._adapters)
+
+    def load_adapter(self, key: str, path: Path) -> float:
+        """Load the peft LoRA adapter in `path` under `key` (once); return the seconds it took.
+
+        The first adapter wraps the model in a `PeftModel`; later ones are added beside it. The
+        base weights stay shared: generation picks an adapter per call (`adapter=`), or none.
+        """
+        from peft import PeftModel
+
+        with self._lock:
+            if key in self._adapters:
+                return 0.0
+            if self.model is None:
+                raise RuntimeError(f"The local model {self.model_id} has been closed.")
+            started = time.perf_counter()
+            if not self._adapters:
+                self.model = PeftModel.from_pretrained(self.model, str(path), adapter_name=key,
+                                                       is_trainable=False)
+            else:
+                self.model.load_adapter(str(path), adapter_name=key, is_trainable=False)
+            self.model.eval()
+            self._adapters.add(key)
+            return time.perf_counter() - started
+
+    def complete(self, prompt: str, settings: GenerationSettings,
+                 adapter: str | None = None) -> Completion:
+        """Generate a continuation of `prompt` (with the loaded adapter `adapter`, or none)."""
         inputs = self._encode(prompt)
         prompt_length = int(inputs["input_ids"].shape[1])
-        output = self._generate(inputs, settings, threading.Event())
+        output = self._generate(inputs, settings, threading.Event(), adapter=adapter)
         new_ids = output[0, prompt_length:]
         text = self.tokenizer.decode(new_ids, skip_special_tokens=True)
         text_filter = StopSequenceFilter(settings.stop, strip=settings.strip)
         text = text_filter.apply(text)
         return self._completion(text, prompt_length, len(new_ids), settings, text_filter.stopped)
 
+    def complete_batch(self, prompts: Sequence[str], settings: GenerationSettings,
+                       adapter: str | None = None) -> list[Completion]:
+        """Generate continuations of several prompts in one left-padded batch (for throughput)."""
+        if self.model is None:
+            raise RuntimeError(f"The local model {self.model_id} has been closed.")
+        side = self.tokenizer.padding_side
+        self.tokenizer.padding_side = "left"
+        try:
+            inputs = self.tokenizer(list(prompts), return_tensors="pt", padding=True)
+        finally:
+            self.tokenizer.padding_side = side
+        inputs = inputs.to(self.model.device)
+        width = int(inputs["input_ids"].shape[1])
+        output = self._generate(inputs, settings, threading.Event(), adapter=adapter)
+        results = []
+        for row, mask in zip(output, inputs["attention_mask"], strict=True):
+            new_ids = row[width:]
+            eos = self.tokenizer.eos_token_id
+            pad = self.tokenizer.pad_token_id
+            generated = int(((new_ids != pad) & (new_ids != eos)).sum()) + 1
+            text_filter = StopSequenceFilter(settings.stop, strip=settings.strip)
+            text = text_filter.apply(self.tokenizer.decode(new_ids, skip_special_tokens=True))
+            results.append(self._completion(text, int(mask.sum()), min(generated, len(new_ids)),
+                                            settings, text_filter.stopped))
+        return results
+
     def stream(
-        self, prompt: str, settings: GenerationSettings, cancel: threading.Event | None = None
+        self, prompt: str, settings: GenerationSettings, cancel: threading.Event | None = None,
+        adapter: str | None = None,
     ) -> Generator[str | Completion, None, None]:
         """Generate a continuation of `prompt` piece by piece.
 
@@ -271,7 +329,7 @@ class LocalCausalLM:
 
         def run() -> None:
             try:
-                result["output"] = self._generate(inputs, settings, cancel, streamer)
+                result["output"] = self._generate(inputs, settings, cancel, streamer, adapter)
             except BaseException as exc:  # handed to the consumer below
                 result["error"] = exc
             finally:
@@ -314,6 +372,7 @@ class LocalCausalLM:
         settings: GenerationSettings,
         cancel: threading.Event,
         streamer: Any = None,
+        adapter: str | None = None,
     ) -> Any:
         import torch
         from transformers import StoppingCriteriaList
@@ -329,7 +388,7 @@ class LocalCausalLM:
         pad_token_id = self.tokenizer.pad_token_id
         if pad_token_id is None:
             pad_token_id = self.tokenizer.eos_token_id
-        with self._lock, torch.inference_mode():
+        with self._lock, torch.inference_mode(), self._activate(adapter):
             return self.model.generate(
                 **inputs,
                 max_new_tokens=settings.max_new_tokens,
@@ -338,6 +397,20 @@ class LocalCausalLM:
                 pad_token_id=pad_token_id,
                 **sampling,
             )
+
+    @contextlib.contextmanager
+    def _activate(self, adapter: str | None) -> Iterator[None]:
+        """Switch to `adapter` (None: the base weights) for one generation; the lock is held."""
+        if adapter is not None and adapter not in self._adapters:
+            raise RuntimeError(f"Adapter {adapter!r} is not loaded into {self.model_id}.")
+        if not self._adapters:
+            yield
+        elif adapter is None:
+            with self.model.disable_adapter():
+                yield
+        else:
+            self.model.set_adapter(adapter)
+            yield
 
     @staticmethod
     def _completion(
@@ -365,13 +438,15 @@ class _StopCriterion:
     def __call__(self, input_ids: Any, scores: Any, **kwargs: Any) -> Any:
         import torch
 
-        done = self.cancel.is_set()
-        if not done and self.stop:
-            text = self.tokenizer.decode(
-                input_ids[0, self.prompt_length :], skip_special_tokens=True
-            )
-            done = any(s in text for s in self.stop)
-        return torch.full((input_ids.shape[0],), done, dtype=torch.bool, device=input_ids.device)
+        rows = input_ids.shape[0]
+        if self.cancel.is_set():
+            return torch.ones((rows,), dtype=torch.bool, device=input_ids.device)
+        done = [False] * rows
+        if self.stop:
+            texts = self.tokenizer.batch_decode(input_ids[:, self.prompt_length :],
+                                                skip_special_tokens=True)
+            done = [any(s in text for s in self.stop) for text in texts]
+        return torch.tensor(done, dtype=torch.bool, device=input_ids.device)
 
 
 class LocalChatModel(BaseChatModel):
@@ -442,7 +517,15 @@ class LocalChatModel(BaseChatModel):
             {"max_new_tokens": max_new_tokens, "temperature": temperature},
             chat=False,
         )
-        return self.runtime.complete(prompt, settings).text
+        return self.runtime.complete(prompt, settings, adapter=self._adapter_key({})).text
+
+    def _format(self, kwargs: Mapping[str, Any]) -> PromptFormat:
+        """The prompt format of a call (subclasses may choose per call)."""
+        return self.prompt_format
+
+    def _adapter_key(self, kwargs: Mapping[str, Any]) -> str | None:
+        """The loaded adapter a call runs with; the plain chat model always uses the base."""
+        return None
 
     def with_structured_output(
         self, schema: Any, *, include_raw: bool = False, **kwargs: Any
@@ -461,7 +544,8 @@ class LocalChatModel(BaseChatModel):
             value = kwargs.get(name)
             return default if value is None else value
 
-        stops = [*(self.prompt_format.stop if chat else ()), *(self.stop or []), *(stop or [])]
+        stops = [*(self._format(kwargs).stop if chat else ()), *(self.stop or []),
+                 *(stop or [])]
         return GenerationSettings(
             # `max_tokens` is the name LangChain's API chat models use; accept it as an alias.
             max_new_tokens=int(pick("max_new_tokens", pick("max_tokens", self.max_new_tokens))),
@@ -478,8 +562,9 @@ class LocalChatModel(BaseChatModel):
         run_manager: CallbackManagerForLLMRun | None = None,
         **kwargs: Any,
     ) -> ChatResult:
-        prompt = render_prompt(messages, self.prompt_format)
-        completion = self.runtime.complete(prompt, self._settings(stop, kwargs, chat=True))
+        prompt = render_prompt(messages, self._format(kwargs))
+        completion = self.runtime.complete(prompt, self._settings(stop, kwargs, chat=True),
+                                           adapter=self._adapter_key(kwargs))
         message = AIMessage(
             content=completion.text,
             usage_metadata=_usage(completion),
@@ -494,8 +579,9 @@ class LocalChatModel(BaseChatModel):
         run_manager: CallbackManagerForLLMRun | None = None,
         **kwargs: Any,
     ) -> Iterator[ChatGenerationChunk]:
-        prompt = render_prompt(messages, self.prompt_format)
-        events = self.runtime.stream(prompt, self._settings(stop, kwargs, chat=True))
+        prompt = render_prompt(messages, self._format(kwargs))
+        events = self.runtime.stream(prompt, self._settings(stop, kwargs, chat=True),
+                                     adapter=self._adapter_key(kwargs))
         with contextlib.closing(events):
             for event in events:
                 chunk = self._chunk(event)
@@ -510,9 +596,10 @@ class LocalChatModel(BaseChatModel):
         run_manager: AsyncCallbackManagerForLLMRun | None = None,
         **kwargs: Any,
     ) -> AsyncIterator[ChatGenerationChunk]:
-        prompt = render_prompt(messages, self.prompt_format)
+        prompt = render_prompt(messages, self._format(kwargs))
         cancel = threading.Event()
-        events = self.runtime.stream(prompt, self._settings(stop, kwargs, chat=True), cancel)
+        events = self.runtime.stream(prompt, self._settings(stop, kwargs, chat=True), cancel,
+                                     adapter=self._adapter_key(kwargs))
         try:
             while True:
                 # Tokenising, generating and waiting on the streamer all happen off the event loop.

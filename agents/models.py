@@ -198,6 +198,24 @@ def load_local_model(
         return runtime
 
 
+def prepare_local_model(name: str = "gemma-3-270m") -> Path:
+    """Return the cache directory of local model `name`, converting its weights first if needed.
+
+    Fine-tuning loads its own copy of the weights from here (training mutates the model).
+
+    Raises:
+        ConfigError: Unknown model, missing `ragtune[local]` packages, or an unwritable cache.
+    """
+    source = _local_source(name)
+    target = local_model_dir(name)
+    _check_local_extras(source)
+    with _LOAD_LOCK:
+        fingerprint = base_model_fingerprint(source.name)
+        if _cached_fingerprint(target) != fingerprint:
+            _build_cache(source, target, fingerprint)
+    return target
+
+
 def close_local_models() -> None:
     """Release every local model loaded by this process; the next use loads it again."""
     with _LOAD_LOCK:
@@ -271,7 +289,7 @@ def _weights_module(source: LocalModelSource) -> Any:
         ) from exc
 
 
-def _load_runtime(source: LocalModelSource, target: Path) -> LocalCausalLM:
+def _check_local_extras(source: LocalModelSource) -> None:
     try:
         import accelerate  # noqa: F401  (transformers needs it to read GGUF)
         import gguf  # noqa: F401
@@ -281,6 +299,10 @@ def _load_runtime(source: LocalModelSource, target: Path) -> LocalCausalLM:
             f"local:{source.name} needs the local-model extras: pip install 'ragtune[local]' "
             f"({exc.name} is missing)."
         ) from exc
+
+
+def _load_runtime(source: LocalModelSource, target: Path) -> LocalCausalLM:
+    _check_local_extras(source)
     from ragtune.agents.local_model import LocalCausalLM
 
     fingerprint = base_model_fingerprint(source.name)

@@ -101,3 +101,15 @@ Answer: Uppsala University
 </facts>
 <question>{question}</question>
 Answer:"""
+
+# Adapter prompt formats. A LoRA adapter is trained on exactly these shapes, and serving renders the
+# same shapes (`ragtune.agents.specialist_model`), so they are constants, not run settings.
+
+READER_TEMPLATE = "{context}\n\nQuestion: {question}\nAnswer:"
+"""What a `reader` adapter sees: numbered paragraphs, the question, then `Answer:`."""
+
+KNOWLEDGE_TEMPLATE = "Question: {question}\nAnswer:"
+"""What a `knowledge` adapter sees: the question alone (it answers from its weights)."""
+
+DECOMPOSER_TEMPLATE = "Question: {question}\nSub-questions:\n"
+"""What a `decomposer` adapter sees; it continues with numbered sub-questions, one per line."""

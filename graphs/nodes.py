@@ -9,6 +9,7 @@ and why.
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -73,6 +74,13 @@ class OrchestratorNodes:
         question = validate_question(state.get("question"), ctx.max_question_chars)
         router = self.resources.router(ctx)
         decision = router.route(question)
+        domain = self._domain_match(question, ctx) if decision.action != "specialist" else None
+        if domain is not None:
+            name, similarity = domain
+            decision = dataclasses.replace(
+                decision, action="specialist",
+                reason=f"question is in adapter {name}'s domain (cosine {similarity:.2f} >= "
+                       f"{ctx.specialist_threshold}); router said {decision.action}")
         # A new question on a thread starts from a clean slate: Overwrite bypasses the reducers
         # that would otherwise carry the previous question's documents, counters and trace.
         first = event({}, "route", decision.action, started, policy=decision.policy,
@@ -83,8 +91,21 @@ class OrchestratorNodes:
             "steps": Overwrite(1), "trace": Overwrite([first]), "documents": Overwrite([]),
             "retrievals": Overwrite(0), "sub_answers": Overwrite([]), "usage": Overwrite({}),
             "sub_questions": [], "specialist_answer": None, "evidence_ok": None,
+            "specialist_adapter": domain[0] if domain else None,
             "answer": "", "citations": [], "exhausted": False, "retrieved": [],
         }
+
+    def _domain_match(self, question: str, ctx: Context) -> tuple[str, float] | None:
+        """The knowledge/custom adapter whose domain centroid is closest, if close enough."""
+        domains = self.resources.domain_adapters(ctx)
+        if not domains:
+            return None
+        import numpy as np
+
+        vector = np.asarray(self.resources.embeddings().embed_query(question), dtype=np.float32)
+        vector /= float(np.linalg.norm(vector)) or 1.0
+        name, similarity = max(((n, float(c @ vector)) for n, c in domains), key=lambda x: x[1])
+        return (name, similarity) if similarity >= ctx.specialist_threshold else None
 
     def retrieve(self, state: AgentState, runtime: Runtime[Context]) -> dict[str, Any]:
         """Retrieve paragraphs for the current query."""
@@ -144,7 +165,7 @@ class OrchestratorNodes:
 
         started = time.perf_counter()
         ctx = context_of(runtime)
-        model = self.resources.chat_model(ctx)
+        model = self.resources.decomposer_model(ctx)
         result = decompose_question(state["question"], model,
                                          prompt=ctx.decompose_prompt, max_hops=ctx.max_hops)
         plan = [SubQuestion(index=i, question=q, depends_on=deps)
@@ -181,7 +202,7 @@ class OrchestratorNodes:
             store = self.resources.store(ctx)
             hits = store.retrieve(question, ctx.k, mode=ctx.search_mode)
             docs, retrievals = [h.to_document() for h in hits], 1
-            model = self.resources.chat_model(ctx)
+            model = self.resources.reader_model(ctx)
             result = answer_from_documents(question, docs, model,
                                              prompt=ctx.answer_prompt,
                                              max_tokens=ctx.max_answer_tokens)
@@ -204,13 +225,15 @@ class OrchestratorNodes:
         started = time.perf_counter()
         ctx = context_of(runtime)
         model = self.resources.specialist_model(ctx)
+        adapter = state.get("specialist_adapter")
         reply = ask_specialist(state["question"], model,
                                         prompt=ctx.specialist_prompt,
-                                        max_tokens=ctx.max_answer_tokens)
+                                        max_tokens=ctx.max_answer_tokens, adapter=adapter)
         return {
             "specialist_answer": reply.text, "steps": 1, "usage": reply.usage,
             "trace": [event(state, "specialist", "answered", started,
-                            reason=f"model {ctx.specialist_model}",
+                            reason=f"model {ctx.specialist_model}"
+                                   + (f", adapter {adapter}" if adapter else ""),
                             detail={"answer": reply.text})],
         }
 
@@ -230,13 +253,13 @@ class OrchestratorNodes:
             result = AnswerResult(state["specialist_answer"])
             how = "specialist answer"
         elif sub_answers:
-            model = self.resources.chat_model(ctx)
+            model = self.resources.reader_model(ctx)
             facts = [(a["question"], a["answer"]) for a in sub_answers]
             result = compose_answer(state["question"], facts, docs,
                                              model, max_tokens=ctx.max_answer_tokens)
             how = f"composed from {len(facts)} sub-answers"
         elif docs:
-            model = self.resources.chat_model(ctx)
+            model = self.resources.reader_model(ctx)
             result = answer_from_documents(state["question"], docs,
                                              model, prompt=ctx.answer_prompt,
                                              max_tokens=ctx.max_answer_tokens)

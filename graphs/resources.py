@@ -17,6 +17,7 @@ if TYPE_CHECKING:
     from langchain_core.embeddings import Embeddings
     from langchain_core.language_models import BaseChatModel
 
+    from ragtune.agents.adapters import AdapterRegistry
     from ragtune.tools.store import KnowledgeStore
 
 
@@ -29,6 +30,7 @@ class Resources:
         specialist_model: The specialist model.
         router: A router object (see `ragtune.agents.router`).
         embeddings: The embedding model for stores opened from the context.
+        registry: The adapter registry (default: the user's, plus the shipped adapters).
     """
 
     def __init__(
@@ -39,12 +41,14 @@ class Resources:
         specialist_model: BaseChatModel | None = None,
         router: Any = None,
         embeddings: Embeddings | None = None,
+        registry: AdapterRegistry | None = None,
     ) -> None:
         self._pinned_store = store
         self._pinned_chat = chat_model
         self._pinned_specialist = specialist_model
         self._pinned_router = router
         self._embeddings = embeddings
+        self._registry = registry
         self._cache: dict[tuple[Any, ...], Any] = {}
         self._lock = threading.RLock()
 
@@ -87,10 +91,86 @@ class Resources:
         return self._load_model(context.model)
 
     def specialist_model(self, context: Context) -> BaseChatModel:
-        """Return the pinned specialist, else the context's specialist model."""
+        """Return the pinned specialist, else the context's specialist model and adapter."""
         if self._pinned_specialist is not None:
             return self._pinned_specialist
-        return self._load_model(context.specialist_model)
+        adapted = self._adapted(context.specialist_model, context.specialist_adapter,
+                                ("knowledge", "custom", "reader"))
+        return adapted or self._load_model(context.specialist_model)
+
+    def reader_model(self, context: Context) -> BaseChatModel:
+        """Return the model that answers from paragraphs: the reader adapter when one applies."""
+        if self._pinned_chat is not None:
+            return self._pinned_chat
+        return self._adapted(context.model, context.reader_adapter, ("reader",)) \
+            or self.chat_model(context)
+
+    def decomposer_model(self, context: Context) -> BaseChatModel:
+        """Return the model that decomposes: the decomposer adapter when one applies."""
+        if self._pinned_chat is not None:
+            return self._pinned_chat
+        return self._adapted(context.model, context.decomposer_adapter, ("decomposer",)) \
+            or self.chat_model(context)
+
+    def domain_adapters(self, context: Context) -> list[tuple[str, Any]]:
+        """Return (adapter ref, unit centroid) of the promoted knowledge/custom adapters.
+
+        Only adapters for the local specialist base, with a centroid from the embedding model in
+        use, count; the route step sends questions close to a centroid to the specialist.
+        """
+        if self._pinned_specialist is not None or context.specialist_adapter == "none" or \
+                not context.specialist_model.startswith("local:"):
+            return []
+
+        def make() -> list[tuple[str, Any]]:
+            import numpy as np
+
+            from ragtune.agents.adapters import AdapterRegistry
+            from ragtune.agents.models import base_model_fingerprint
+            from ragtune.tools.embeddings import describe_embeddings
+
+            registry = self._registry or AdapterRegistry()
+            base = base_model_fingerprint(context.specialist_model.removeprefix("local:"))
+            model_name, _ = describe_embeddings(self.embeddings())
+            found = []
+            for version in registry.find(task=("knowledge", "custom"), base_sha256=base):
+                domain = version.manifest.get("domain", {})
+                if domain.get("centroid") and domain.get("embedding_model") == model_name:
+                    found.append((version.name, np.asarray(domain["centroid"], dtype=np.float32)))
+            return found
+
+        return list(self._cached(("domains", context.specialist_model,
+                                  context.specialist_adapter), make))
+
+    def _adapted(self, spec: str, setting: str, tasks: tuple[str, ...]) -> BaseChatModel | None:
+        """A `SpecialistModel` serving the adapter `setting` names, or None when none applies."""
+        if setting == "none" or not spec.startswith("local:"):
+            return None
+
+        def make() -> BaseChatModel | None:
+            from ragtune.agents.adapters import AdapterRegistry
+            from ragtune.agents.models import base_model_fingerprint
+            from ragtune.agents.specialist_model import load_specialist
+            from ragtune.errors import ConfigError
+
+            registry = self._registry or AdapterRegistry()
+            if setting == "auto":
+                base = base_model_fingerprint(spec.removeprefix("local:"))
+                candidates = registry.find(task=tasks, base_sha256=base)
+                if not candidates:
+                    return None
+                candidates.sort(key=lambda v: tasks.index(v.task))
+                ref = candidates[0].name
+            else:
+                ref = setting
+                task = registry.resolve(ref).task
+                if task not in tasks:
+                    raise ConfigError(f"Adapter {ref!r} is a {task} adapter; this step needs "
+                                      f"one of: {', '.join(tasks)}.")
+            return load_specialist(spec, ref, registry=registry)
+
+        model: BaseChatModel | None = self._cached(("adapted", spec, setting, tasks), make)
+        return model
 
     def _load_model(self, spec: str) -> BaseChatModel:
         from ragtune.agents.models import load_chat_model

@@ -120,6 +120,8 @@ class AgentState(InputState, OutputState, total=False):
     """Answers of the sub-questions run so far."""
     specialist_answer: str
     """What the specialist model answered, when it was asked."""
+    specialist_adapter: str | None
+    """The knowledge/custom adapter whose domain matched the question (route step), if any."""
     usage: Annotated[dict[str, int], add_usage]
     """Model tokens used, summed over calls."""
 

@@ -44,3 +44,9 @@ class DimensionMismatchError(RagtuneError):
     """A collection was created with another embedding model or dimension than the one in use."""
 
     exit_code = 5
+
+
+class AdapterError(RagtuneError):
+    """An adapter is unknown, corrupt, or was trained on other base weights than the ones loaded."""
+
+    exit_code = 6

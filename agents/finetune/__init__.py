@@ -1,0 +1,1 @@
+"""LoRA fine-tuning of the specialist: task datasets (`datasets`) and the training run (`train`)."""

@@ -1,0 +1,298 @@
+"""Training examples for each fine-tuning task, read from the files a user points at.
+
+Every task turns its input files into `Example`s: a prompt (no loss) and a completion (the loss is
+computed on it only). The prompts are the adapter formats of `ragtune.agents.prompts`, so what an
+adapter learns is exactly what serving will ask it.
+
+- `reader`: question + paragraphs -> short answer. HotpotQA files (gold paragraphs plus one
+  distractor), MuSiQue files (supporting paragraphs plus one distractor), or JSONL lines
+  `{"question", "answer", "paragraphs": [{"title", "text"}]}`.
+- `decomposer`: question -> numbered sub-questions with `#n` references. MuSiQue decomposition files
+  (`X >> relation` steps become "What is the relation of X?"), Break QDMR files (aggregation steps
+  dropped), or JSONL lines `{"question", "sub_questions": [...]}`.
+- `knowledge`: internalise documents. Each document becomes a text example (loss on all of it) and
+  question-answer pairs: the ones given with it, plus one derived pair ("What do you know about
+  <title>?" -> its first sentence). JSONL lines `{"text", "title"?, "questions"?: [{"question",
+  "answer"}]}`, or the paragraph pool of a HotpotQA/MuSiQue file (its questions are never used).
+- `custom`: JSONL lines `{"prompt", "completion"}`.
+
+Reader and decomposer data may not come from a `*_test.json` file: those questions are for
+reporting only.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import random
+import re
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+from ragtune.agents.prompts import DECOMPOSER_TEMPLATE, KNOWLEDGE_TEMPLATE, READER_TEMPLATE
+from ragtune.errors import InputError
+
+Task = Literal["reader", "decomposer", "knowledge", "custom"]
+TASKS: tuple[Task, ...] = ("reader", "decomposer", "knowledge", "custom")
+MAX_PARAGRAPH_CHARS = 700
+_RELATION = re.compile(r"^\s*(?P<subject>.+?)\s*>>\s*(?P<relation>.+?)\s*$")
+_SENTENCE = re.compile(r"(?<=[.!?])\s+")
+_AGGREGATE_OPS = {"comparison", "arithmetic", "aggregate", "superlative", "union",
+                  "intersection", "discard", "sort", "group"}
+
+
+@dataclass(frozen=True)
+class Example:
+    """One training example: the loss is computed on `completion` only."""
+
+    prompt: str
+    completion: str
+
+
+@dataclass(frozen=True)
+class Paragraph:
+    """A titled paragraph."""
+
+    title: str
+    text: str
+
+
+def format_paragraphs(paragraphs: Sequence[Paragraph],
+                      max_chars: int = MAX_PARAGRAPH_CHARS) -> str:
+    """Render paragraphs as numbered `[n] Title: text` lines (the reader adapter's context)."""
+    lines = []
+    for number, para in enumerate(paragraphs, 1):
+        body = " ".join(para.text.split())
+        if len(body) > max_chars:
+            body = body[:max_chars].rsplit(" ", 1)[0] + " ..."
+        lines.append(f"[{number}] {para.title}: {body}")
+    return "\n".join(lines)
+
+
+def reader_prompt(question: str, paragraphs: Sequence[Paragraph]) -> str:
+    """Return the reader adapter's prompt for `question` over `paragraphs`."""
+    return READER_TEMPLATE.format(context=format_paragraphs(paragraphs),
+                                  question=question.strip())
+
+
+def knowledge_prompt(question: str) -> str:
+    """Return the knowledge adapter's prompt for `question`."""
+    return KNOWLEDGE_TEMPLATE.format(question=question.strip())
+
+
+def decomposer_prompt(question: str) -> str:
+    """Return the decomposer adapter's prompt for `question`."""
+    return DECOMPOSER_TEMPLATE.format(question=question.strip())
+
+
+def naturalize_step(step: str) -> str:
+    """Turn a MuSiQue `X >> relation` step into a question; leave natural questions as they are."""
+    match = _RELATION.match(step)
+    if match is None:
+        return " ".join(step.split())
+    relation = match.group("relation").replace("_", " ")
+    return f"What is the {relation} of {match.group('subject')}?"
+
+
+def format_sub_questions(sub_questions: Sequence[str]) -> str:
+    """Render sub-questions as the decomposer's numbered lines."""
+    return "".join(f"{i}. {q}\n" for i, q in enumerate(sub_questions, 1))
+
+
+def load_examples(task: Task, paths: Sequence[str | Path], *, seed: int = 0) -> list[Example]:
+    """Return the training examples of `task` from `paths`, in a deterministic order.
+
+    Raises:
+        InputError: A missing or empty file, an unreadable or malformed line (file and line named),
+            test data for a task that learns from questions, or no examples at all.
+    """
+    if task not in TASKS:
+        raise InputError(f"Unknown fine-tuning task {task!r}; choose one of {', '.join(TASKS)}.")
+    if not paths:
+        raise InputError("No training data given (--data FILE).")
+    rng = random.Random(seed)
+    examples: list[Example] = []
+    for raw_path in paths:
+        path = Path(raw_path)
+        if task in ("reader", "decomposer", "custom") and path.name.endswith("_test.json"):
+            raise InputError(f"{path} is a test split: its questions are for reporting only, "
+                             "never for training.")
+        records = list(_read_records(path))
+        builder = {"reader": _reader_examples, "decomposer": _decomposer_examples,
+                   "knowledge": _knowledge_examples, "custom": _custom_examples}[task]
+        examples.extend(builder(records, path, rng))
+    if not examples:
+        raise InputError(f"No {task} examples found in {', '.join(map(str, paths))}.")
+    return examples
+
+
+def dataset_fingerprint(examples: Sequence[Example]) -> str:
+    """Return the sha256 of the examples, so a manifest names exactly what was trained on."""
+    digest = hashlib.sha256()
+    for example in examples:
+        digest.update(json.dumps([example.prompt, example.completion]).encode("utf-8"))
+    return digest.hexdigest()
+
+
+def _read_records(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
+    """Yield (line number, record) from a JSON array file or a JSONL file."""
+    if not path.is_file():
+        raise InputError(f"Training data {path} does not exist or is not a file.")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise InputError(f"{path} is not UTF-8 text (byte {exc.start}).") from exc
+    except OSError as exc:
+        raise InputError(f"Cannot read {path}: {exc}") from exc
+    if not text.strip():
+        raise InputError(f"Training data {path} is empty.")
+    if text.lstrip().startswith("["):
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise InputError(f"{path}:{exc.lineno}: invalid JSON: {exc.msg}") from exc
+        for index, record in enumerate(data, 1):
+            if not isinstance(record, dict):
+                raise InputError(f"{path}: item {index} is not a JSON object.")
+            yield index, record
+        return
+    for number, line in enumerate(text.splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise InputError(f"{path}:{number}: invalid JSON: {exc.msg}") from exc
+        if not isinstance(record, dict):
+            raise InputError(f"{path}:{number}: expected a JSON object.")
+        yield number, record
+
+
+def _field(record: dict[str, Any], name: str, path: Path, line: int, kind: type = str) -> Any:
+    value: Any = record.get(name)
+    if not isinstance(value, kind) or (isinstance(value, str) and not value.strip()) or (
+            isinstance(value, list) and not value):
+        raise InputError(f"{path}:{line}: missing or empty field {name!r}"
+                         f" (expected {'text' if kind is str else 'a non-empty list'}).")
+    return value
+
+
+def _hotpot_paragraphs(record: dict[str, Any]) -> tuple[list[Paragraph], list[Paragraph]]:
+    gold_titles = {title for title, _ in record.get("supporting_facts", [])}
+    gold: list[Paragraph] = []
+    other: list[Paragraph] = []
+    for title, sentences in record["context"]:
+        para = Paragraph(title, "".join(sentences))
+        (gold if title in gold_titles else other).append(para)
+    return gold, other
+
+
+def _musique_paragraphs(record: dict[str, Any]) -> tuple[list[Paragraph], list[Paragraph]]:
+    gold: list[Paragraph] = []
+    other: list[Paragraph] = []
+    for item in record["paragraphs"]:
+        para = Paragraph(item["title"], item["paragraph_text"])
+        (gold if item.get("is_supporting") else other).append(para)
+    return gold, other
+
+
+def _reader_examples(records: Iterable[tuple[int, dict[str, Any]]], path: Path,
+                     rng: random.Random) -> Iterator[Example]:
+    for line, record in records:
+        question = _field(record, "question", path, line)
+        if "context" in record:
+            answer = _field(record, "answer", path, line)
+            gold, other = _hotpot_paragraphs(record)
+        elif "paragraphs" in record and "question_decomposition" in record:
+            if record.get("answerable") is False:
+                continue
+            answer = _field(record, "answer", path, line)
+            gold, other = _musique_paragraphs(record)
+        else:
+            answer = _field(record, "answer", path, line)
+            items = _field(record, "paragraphs", path, line, list)
+            try:
+                gold = [Paragraph(str(p.get("title", "")), str(p["text"])) for p in items]
+            except (KeyError, AttributeError) as exc:
+                raise InputError(f"{path}:{line}: each paragraph needs a 'text'.") from exc
+            other = []
+        paragraphs = gold + ([rng.choice(other)] if other else [])
+        rng.shuffle(paragraphs)
+        yield Example(reader_prompt(question, paragraphs), f" {answer.strip()}")
+
+
+def _decomposer_examples(records: Iterable[tuple[int, dict[str, Any]]], path: Path,
+                         rng: random.Random) -> Iterator[Example]:
+    for line, record in records:
+        question = _field(record, "question", path, line)
+        if "question_decomposition" in record:
+            steps = [naturalize_step(s["question"]) for s in record["question_decomposition"]]
+        elif "decomposition_steps" in record:
+            kept = _break_steps(record)
+            if kept is None:
+                continue
+            steps = kept
+        else:
+            steps = [str(s) for s in _field(record, "sub_questions", path, line, list)]
+        if steps:
+            yield Example(decomposer_prompt(question), format_sub_questions(steps))
+
+
+def _break_steps(record: dict[str, Any]) -> list[str] | None:
+    """Keep Break's look-up steps, drop aggregation steps; None when references would dangle."""
+    steps = [" ".join(s.split()).removeprefix("return ").strip()
+             for s in record["decomposition_steps"]]
+    ops = record.get("operators") or [""] * len(steps)
+    kept = [i for i, op in enumerate(ops) if op not in _AGGREGATE_OPS]
+    renumber = {old + 1: new + 1 for new, old in enumerate(kept)}
+    result = []
+    for index in kept:
+        refs = [int(r) for r in re.findall(r"#(\d+)", steps[index])]
+        if any(r not in renumber for r in refs):
+            return None
+        step = re.sub(r"#(\d+)", lambda m: f"#{renumber[int(m.group(1))]}", steps[index])
+        result.append(step[0].upper() + step[1:] + ("" if step.endswith("?") else "?"))
+    return result or None
+
+
+def _knowledge_examples(records: Iterable[tuple[int, dict[str, Any]]], path: Path,
+                        rng: random.Random) -> Iterator[Example]:
+    seen: set[tuple[str, str]] = set()
+    for line, record in records:
+        documents: list[tuple[str, str, list[dict[str, Any]]]]
+        if "context" in record:
+            documents = [(p.title, p.text, []) for p in sum(_hotpot_paragraphs(record), [])]
+        elif "paragraphs" in record:
+            documents = [(p.title, p.text, []) for p in sum(_musique_paragraphs(record), [])]
+        else:
+            text = _field(record, "text", path, line)
+            questions = record.get("questions") or []
+            if not isinstance(questions, list) or not all(
+                    isinstance(q, dict) and q.get("question") and q.get("answer")
+                    for q in questions):
+                raise InputError(f"{path}:{line}: 'questions' must be a list of "
+                                 "{\"question\", \"answer\"} objects.")
+            documents = [(str(record.get("title") or ""), text, questions)]
+        for title, text, questions in documents:
+            if (title, text) in seen:
+                continue
+            seen.add((title, text))
+            body = " ".join(text.split())
+            yield Example("", f"{title}: {body}" if title else body)
+            for qa in questions:
+                answer = str(qa["answer"]).strip()
+                yield Example(knowledge_prompt(str(qa["question"])), f" {answer}")
+            first = _SENTENCE.split(body, maxsplit=1)[0]
+            if title and first:
+                yield Example(knowledge_prompt(f"What do you know about {title}?"), f" {first}")
+
+
+def _custom_examples(records: Iterable[tuple[int, dict[str, Any]]], path: Path,
+                     rng: random.Random) -> Iterator[Example]:
+    for line, record in records:
+        prompt = record.get("prompt")
+        if not isinstance(prompt, str):
+            raise InputError(f"{path}:{line}: missing field 'prompt' (expected text).")
+        yield Example(prompt, _field(record, "completion", path, line))
