@@ -205,8 +205,8 @@ def available_memory_bytes(device: str) -> int:
 
 
 def run_finetune(config: FinetuneConfig, *, registry: AdapterRegistry | None = None,
-                 embeddings: Embeddings | None = None, home: Path | None = None
-                 ) -> FinetuneResult:
+                 embeddings: Embeddings | None = None, home: Path | None = None,
+                 command: str | None = None) -> FinetuneResult:
     """Train a LoRA adapter as `config` says and register it; return what was made.
 
     Args:
@@ -215,6 +215,7 @@ def run_finetune(config: FinetuneConfig, *, registry: AdapterRegistry | None = N
         embeddings: Embeds the training data for the domain centroid (default: the bundled
             MiniLM).
         home: The ragtune home for run checkpoints (default: `$RAGTUNE_HOME`).
+        command: The command line that reproduces the run, recorded in the manifest.
 
     Raises:
         InputError: Unusable training data.
@@ -298,6 +299,7 @@ def run_finetune(config: FinetuneConfig, *, registry: AdapterRegistry | None = N
         "parameters": {"trainable": int(trainable), "total": int(total),
                        "trainable_share": round(trainable / total, 5)},
         "metrics": metrics,
+        "command": command,
         "domain": {"description": config.description or f"{config.task} adapter",
                    **_domain_centroid(examples, embeddings)},
     }

@@ -21,7 +21,7 @@ EXIT_INTERRUPTED = 130
 
 def build_parser() -> argparse.ArgumentParser:
     """Return the `ragtune` argument parser with every subcommand registered."""
-    from ragtune.cli import ask, demo, store_commands
+    from ragtune.cli import adapters, ask, demo, finetune, store_commands
 
     parser = argparse.ArgumentParser(
         prog="ragtune",
@@ -40,6 +40,8 @@ def build_parser() -> argparse.ArgumentParser:
     store_commands.register(commands)
     ask.register(commands)
     demo.register(commands)
+    finetune.register(commands)
+    adapters.register(commands)
     return parser
 
 

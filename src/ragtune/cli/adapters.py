@@ -1,0 +1,129 @@
+"""`ragtune adapters list|show|verify|promote|rollback|remove`: the adapter registry."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from typing import Any
+
+from ragtune.errors import AdapterError
+
+
+def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """Add `adapters` and its subcommands to the `ragtune` parser."""
+    p = commands.add_parser("adapters", help="list, inspect, verify and promote LoRA adapters",
+                            description="Adapters resolve as NAME (the promoted version) or "
+                            "NAME@VERSION.")
+    sub = p.add_subparsers(dest="adapters_command", metavar="SUBCOMMAND", required=True)
+    s = sub.add_parser("list", help="every adapter version")
+    s.add_argument("--json", action="store_true", help="print JSON")
+    s.set_defaults(handler=_list)
+    s = sub.add_parser("show", help="one version's manifest")
+    s.add_argument("ref", metavar="NAME[@VERSION]")
+    s.set_defaults(handler=_show)
+    s = sub.add_parser("verify", help="check files against manifests and the installed base")
+    s.add_argument("refs", nargs="*", metavar="NAME[@VERSION]", help="default: every version")
+    s.set_defaults(handler=_verify)
+    s = sub.add_parser("promote", help="make a version the one NAME resolves to")
+    s.add_argument("ref", metavar="NAME@VERSION")
+    s.set_defaults(handler=_promote)
+    s = sub.add_parser("rollback", help="return to the previously promoted version")
+    s.add_argument("name")
+    s.set_defaults(handler=_rollback)
+    s = sub.add_parser("remove", help="delete a version")
+    s.add_argument("ref", metavar="NAME@VERSION")
+    s.add_argument("--force", action="store_true", help="also the promoted version")
+    s.set_defaults(handler=_remove)
+
+
+def registry_of(args: argparse.Namespace) -> Any:
+    """The registry under the run's ragtune home (plus the shipped adapters)."""
+    from ragtune.agents.adapters import AdapterRegistry
+    from ragtune.paths import ragtune_home
+
+    return AdapterRegistry(ragtune_home(Path(args.home) if args.home else None) / "adapters")
+
+
+def _row(registry: Any, version: Any) -> dict[str, Any]:
+    promoted = registry.promoted(version.name)
+    metrics = version.manifest.get("metrics", {})
+    return {"ref": version.ref, "task": version.task,
+            "base": version.manifest.get("base", {}).get("model_id"),
+            "promoted": promoted is not None and promoted.version == version.version,
+            "source": "shipped" if version.shipped else "user",
+            "created_at": version.manifest.get("created_at"),
+            "metrics": {k: v for k, v in metrics.items() if not isinstance(v, dict)}}
+
+
+def _list(args: argparse.Namespace) -> int:
+    registry = registry_of(args)
+    rows = [_row(registry, v) for name in registry.names() for v in registry.versions(name)]
+    if args.json:
+        print(json.dumps(rows, indent=2))
+        return 0
+    if not rows:
+        print("no adapters (train one with `ragtune finetune`)")
+        return 0
+    print(f"{'adapter':<24} {'task':<11} {'promoted':<9} {'source':<8} {'created':<26} metrics")
+    for r in rows:
+        shown = ", ".join(f"{k} {v}" for k, v in r["metrics"].items()
+                          if k in ("eval_loss", "em", "f1", "steps"))
+        print(f"{r['ref']:<24} {r['task']:<11} {'*' if r['promoted'] else '':<9} "
+              f"{r['source']:<8} {r['created_at'] or '':<26} {shown}")
+    return 0
+
+
+def _show(args: argparse.Namespace) -> int:
+    registry = registry_of(args)
+    version = registry.resolve(args.ref)
+    manifest = json.loads(json.dumps(version.manifest))
+    centroid = manifest.get("domain", {}).get("centroid")
+    if centroid:
+        manifest["domain"]["centroid"] = f"[{len(centroid)} floats]"
+    print(json.dumps({**_row(registry, version), "path": str(version.path),
+                      "manifest": manifest}, indent=2))
+    return 0
+
+
+def _verify(args: argparse.Namespace) -> int:
+    from ragtune.agents.models import LOCAL_MODELS, base_model_fingerprint
+
+    registry = registry_of(args)
+    versions = [registry.resolve(r) for r in args.refs] if args.refs else [
+        v for name in registry.names() for v in registry.versions(name)]
+    failures = 0
+    for version in versions:
+        spec = str(version.manifest.get("base", {}).get("spec", ""))
+        name = spec.removeprefix("local:")
+        base = base_model_fingerprint(name) if spec.startswith("local:") and \
+            name in LOCAL_MODELS else None
+        try:
+            registry.verify(version, base_sha256=base)
+        except AdapterError as exc:
+            failures += 1
+            print(f"FAIL {version.ref}: {exc}")
+            continue
+        checked = "files and base weights" if base else "files"
+        print(f"ok   {version.ref}: {checked} match the manifest")
+    if failures:
+        raise AdapterError(f"{failures} of {len(versions)} adapter versions failed verification")
+    return 0
+
+
+def _promote(args: argparse.Namespace) -> int:
+    version = registry_of(args).promote(args.ref)
+    print(f"promoted {version.ref}")
+    return 0
+
+
+def _rollback(args: argparse.Namespace) -> int:
+    version = registry_of(args).rollback(args.name)
+    print(f"rolled back: {args.name} is now {version.ref}")
+    return 0
+
+
+def _remove(args: argparse.Namespace) -> int:
+    version = registry_of(args).remove(args.ref, force=args.force)
+    print(f"removed {version.ref}")
+    return 0
