@@ -206,7 +206,7 @@ def available_memory_bytes(device: str) -> int:
 
 def run_finetune(config: FinetuneConfig, *, registry: AdapterRegistry | None = None,
                  embeddings: Embeddings | None = None, home: Path | None = None,
-                 command: str | None = None) -> FinetuneResult:
+                 command: str | None = None, callbacks: Sequence[Any] = ()) -> FinetuneResult:
     """Train a LoRA adapter as `config` says and register it; return what was made.
 
     Args:
@@ -216,6 +216,7 @@ def run_finetune(config: FinetuneConfig, *, registry: AdapterRegistry | None = N
             MiniLM).
         home: The ragtune home for run checkpoints (default: `$RAGTUNE_HOME`).
         command: The command line that reproduces the run, recorded in the manifest.
+        callbacks: transformers `TrainerCallback`s (progress reporting, early stopping, ...).
 
     Raises:
         InputError: Unusable training data.
@@ -264,6 +265,8 @@ def run_finetune(config: FinetuneConfig, *, registry: AdapterRegistry | None = N
 
     trainer = _make_trainer(peft_model, tokenizer, train_set, eval_set, config, run_dir,
                             use_bf16, device)
+    for callback in callbacks:
+        trainer.add_callback(callback)
     checkpoint = _last_checkpoint(run_dir) if config.resume else None
     started = time.monotonic()
     cpu_started = time.process_time()
@@ -348,7 +351,8 @@ def plot_loss_curve(history: Sequence[dict[str, Any]], path: Path, *, title: str
     axes.set_ylabel("loss")
     axes.set_title(title)
     axes.grid(alpha=0.3)
-    axes.legend()
+    if train or evals:
+        axes.legend()
     figure.tight_layout()
     figure.savefig(path)
     plt.close(figure)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import shlex
 import sys
@@ -69,7 +70,9 @@ def run_finetune_command(args: argparse.Namespace) -> int:
     registry = AdapterRegistry(ragtune_home(home) / "adapters")
     command = "ragtune " + " ".join(shlex.quote(a) for a in _portable_argv(sys.argv[1:]))
     try:
-        result = run_finetune(config, registry=registry, home=home, command=command)
+        # Trainer prints its log lines to stdout; keep stdout for the summary.
+        with contextlib.redirect_stdout(sys.stderr):
+            result = run_finetune(config, registry=registry, home=home, command=command)
     except KeyboardInterrupt:
         print(f"interrupted: checkpoints of {args.name!r} are kept; continue with the same "
               "command plus --resume", file=sys.stderr)
