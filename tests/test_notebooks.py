@@ -38,3 +38,23 @@ def test_quickstart_notebook(cli_env: dict[str, str], collection_name: str, data
                      {**cli_env, "QUICKSTART_COLLECTION": collection_name})
     finally:
         drop_collection(database, collection_name)
+
+
+def test_finetune_notebook_on_a_tiny_model(cli_env: dict[str, str], tmp_path: Path) -> None:
+    """02_finetune with a tiny random base (the real peft/Trainer path, seconds not minutes)."""
+    from tests.tiny_lm import build_tiny_lm
+
+    base = build_tiny_lm(tmp_path / "tiny")
+    run_notebook(NOTEBOOKS / "02_finetune.ipynb",
+                 {**cli_env, "RAGTUNE_HOME": str(tmp_path / "home"), "FINETUNE_BASE": str(base),
+                  "FINETUNE_STEPS": "3"})
+    versions = sorted(p.name for p in (tmp_path / "home" / "adapters" / "notebook-reader").iterdir()
+                      if p.is_dir())
+    assert versions == ["v1", "v2"]
+
+
+@pytest.mark.slow
+def test_finetune_notebook_on_gemma(cli_env: dict[str, str], tmp_path: Path) -> None:
+    run_notebook(NOTEBOOKS / "02_finetune.ipynb",
+                 {**cli_env, "RAGTUNE_HOME": str(tmp_path / "home"), "FINETUNE_STEPS": "2"},
+                 timeout=1200)

@@ -1,0 +1,1 @@
+"""Evaluation: answer and decomposition metrics shared by the benchmarks and `ragtune bench`."""
