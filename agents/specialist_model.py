@@ -116,6 +116,16 @@ class SpecialistModel(LocalChatModel):
         return _FORMATS.get(self.registry.resolve(ref).task, PLAIN_QA_FORMAT)
 
 
+def describe_model(model: Any) -> str:
+    """A short label for traces: the adapter a model serves by default, else its type."""
+    if isinstance(model, SpecialistModel) and model.adapter:
+        try:
+            return f"adapter {model.registry.resolve(model.adapter).ref}"
+        except AdapterError:
+            return f"adapter {model.adapter}"
+    return type(model).__name__
+
+
 def adapter_key(version: AdapterVersion) -> str:
     """The name an adapter version is loaded under in peft (unique per name, version and file)."""
     digest = str(version.manifest.get("files", {}).get("adapter_model.safetensors", ""))[:10]
@@ -146,4 +156,5 @@ def load_specialist(base: str = "local:gemma-3-270m", adapter: str | None = None
 
 
 __all__ = ["DECOMPOSER_FORMAT", "READER_FAMILY", "READER_FORMAT", "AdapterError",
-           "SpecialistModel", "adapter_key", "is_adapter_model", "load_specialist"]
+           "SpecialistModel", "adapter_key", "describe_model", "is_adapter_model",
+           "load_specialist"]

@@ -162,6 +162,7 @@ class OrchestratorNodes:
     def decompose(self, state: AgentState, runtime: Runtime[Context]) -> dict[str, Any]:
         """Split the question into sub-questions (later ones may use `#n` references)."""
         from ragtune.agents.decomposer import decompose_question
+        from ragtune.agents.specialist_model import describe_model
 
         started = time.perf_counter()
         ctx = context_of(runtime)
@@ -174,7 +175,7 @@ class OrchestratorNodes:
         return {
             "sub_questions": plan, "steps": 1,
             "trace": [event(state, "decompose", f"{len(plan)} sub-questions", started,
-                            reason=result.reason,
+                            reason=f"{result.reason} ({describe_model(model)})",
                             detail={"sub_questions": result.sub_questions,
                                     "fallback": result.fallback})],
         }
@@ -240,6 +241,7 @@ class OrchestratorNodes:
     def answer(self, state: AgentState, runtime: Runtime[Context]) -> dict[str, Any]:
         """Write the final short answer with citations, from whatever the run gathered."""
         from ragtune.agents.answerer import AnswerResult, answer_from_documents, compose_answer
+        from ragtune.agents.specialist_model import describe_model
 
         started = time.perf_counter()
         ctx = context_of(runtime)
@@ -257,13 +259,13 @@ class OrchestratorNodes:
             facts = [(a["question"], a["answer"]) for a in sub_answers]
             result = compose_answer(state["question"], facts, docs,
                                              model, max_tokens=ctx.max_answer_tokens)
-            how = f"composed from {len(facts)} sub-answers"
+            how = f"composed from {len(facts)} sub-answers by {describe_model(model)}"
         elif docs:
             model = self.resources.reader_model(ctx)
             result = answer_from_documents(state["question"], docs,
                                              model, prompt=ctx.answer_prompt,
                                              max_tokens=ctx.max_answer_tokens)
-            how = f"answered from {len(docs)} paragraphs"
+            how = f"answered from {len(docs)} paragraphs by {describe_model(model)}"
         else:
             result = AnswerResult("")
             how = "nothing to answer from"
