@@ -21,7 +21,7 @@ EXIT_INTERRUPTED = 130
 
 def build_parser() -> argparse.ArgumentParser:
     """Return the `ragtune` argument parser with every subcommand registered."""
-    from ragtune.cli import adapters, ask, demo, finetune, store_commands
+    from ragtune.cli import adapters, ask, bench, demo, finetune, store_commands
 
     parser = argparse.ArgumentParser(
         prog="ragtune",
@@ -42,6 +42,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.register(commands)
     finetune.register(commands)
     adapters.register(commands)
+    bench.register(commands)
     return parser
 
 

@@ -1,0 +1,91 @@
+"""`ragtune bench qa`: the RAG vs fine-tuned vs hybrid table, measured on HotpotQA or MuSiQue."""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import shlex
+import sys
+from pathlib import Path
+
+from ragtune.errors import InputError
+
+
+def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """Add `bench qa` to the `ragtune` parser."""
+    from ragtune.evaluation.datasets import DATASETS, SPLITS
+    from ragtune.evaluation.strategies import STRATEGIES
+
+    p = commands.add_parser("bench", help="benchmarks on real multi-hop data")
+    sub = p.add_subparsers(dest="bench_command", metavar="BENCHMARK", required=True)
+    q = sub.add_parser("qa", help="every strategy on the same questions",
+                       description="Ingest the split's paragraph pool (once), run each strategy "
+                       "on the same questions (resumable), write results.json, results.md, "
+                       "predictions.jsonl and PNG plots.")
+    q.add_argument("--dataset", required=True, choices=DATASETS)
+    q.add_argument("--split", required=True, choices=SPLITS)
+    q.add_argument("--limit", type=int, default=None, help="the first N questions (default all)")
+    q.add_argument("--strategies", nargs="+", default=list(STRATEGIES), metavar="STRATEGY",
+                   help=f"any of: {', '.join(STRATEGIES)} (default all)")
+    q.add_argument("--model", default="local:gemma-3-270m", metavar="PROVIDER:MODEL")
+    q.add_argument("--policy", default="classifier", choices=("classifier", "llm", "rules"),
+                   help="routing policy of the adaptive strategy")
+    q.add_argument("-k", type=int, default=5, help="paragraphs per retrieval")
+    q.add_argument("--workers", type=int, default=1, help="questions in parallel")
+    q.add_argument("--out", required=True, metavar="DIR", help="output folder (also the cache)")
+    q.add_argument("--data-dir", default=None, help="shared data folder "
+                   "(default $RAGTUNE_DATA_DIR, else ../shared/data)")
+    q.add_argument("--collection", default=None, help="store collection for the pool")
+    q.add_argument("--specialist-adapter", default=None, metavar="NAME[@N]",
+                   help="knowledge adapter (in DIR/adapters) instead of training one")
+    q.add_argument("--specialist-epochs", type=float, default=2.0)
+    q.add_argument("--specialist-max-steps", type=int, default=-1)
+    q.add_argument("--cpu-hour-usd", type=float, default=0.05,
+                   help="price of one CPU-hour, for local models' cost per query")
+    q.add_argument("--prices", default=None, metavar="FILE.json",
+                   help='API prices: {"provider:model": {"input": $/1M tokens, "output": ...}}')
+    q.add_argument("--docs", default=None, metavar="FILE.md", help="also write this results page")
+    q.add_argument("--fresh", action="store_true", help="discard cached results in DIR")
+    q.add_argument("--no-progress", action="store_true")
+    q.add_argument("--json", action="store_true", help="print the report as JSON")
+    q.set_defaults(handler=run_bench_qa)
+
+
+def run_bench_qa(args: argparse.Namespace) -> int:
+    """Run the QA benchmark and print its tables."""
+    from ragtune.evaluation.qa import QABenchConfig, run_qa_bench
+    from ragtune.evaluation.report import markdown, write_docs
+
+    prices = {}
+    if args.prices:
+        try:
+            prices = json.loads(Path(args.prices).read_text(encoding="utf-8"))
+        except (OSError, ValueError) as exc:
+            raise InputError(f"Cannot read the price table {args.prices}: {exc}") from exc
+    if args.workers < 1:
+        raise InputError("--workers must be at least 1")
+    config = QABenchConfig(
+        dataset=args.dataset, split=args.split, out_dir=Path(args.out), limit=args.limit,
+        strategies=args.strategies, model=args.model, routing_policy=args.policy, k=args.k,
+        workers=args.workers, data_dir=Path(args.data_dir) if args.data_dir else None,
+        database_url=args.database_url, collection=args.collection,
+        specialist_adapter=args.specialist_adapter, specialist_epochs=args.specialist_epochs,
+        specialist_max_steps=args.specialist_max_steps, cpu_hour_usd=args.cpu_hour_usd,
+        prices=prices, fresh=args.fresh, progress=not args.no_progress)
+    command = "ragtune " + " ".join(shlex.quote(a) for a in sys.argv[1:])
+    try:
+        with contextlib.redirect_stdout(sys.stderr):  # Trainer and tqdm chatter
+            report = run_qa_bench(config, command=command)
+    except KeyboardInterrupt:
+        print(f"interrupted: finished questions are cached in {args.out}; run the same command "
+              "again to continue", file=sys.stderr)
+        raise
+    if args.docs:
+        write_docs(report, Path(args.docs), command=command)
+    if args.json:
+        print(json.dumps(report, indent=2))
+        return 0
+    print(markdown(report))
+    print(f"wrote {', '.join(report['outputs'].values())}")
+    return 0

@@ -1,0 +1,215 @@
+"""`ragtune bench qa`: every strategy on the same questions, with metrics, tables and plots.
+
+`run_qa_bench(config)` checks everything that can fail before any work (dataset, strategies, data
+folder, limit, model credentials), ingests the split's paragraph pool once into its own collection
+(re-runs reuse it; the first ingest's time is kept as the retrieval side's knowledge-update cost),
+trains the `specialist` strategy's `knowledge` adapter on the paragraphs of the selected questions
+when it is not trained yet (its training time is the fine-tuning side's knowledge-update cost), runs
+the strategies resumably, and writes `results.json`, `results.md`, `predictions.jsonl` and PNG
+plots into the output folder.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ragtune.errors import InputError
+from ragtune.evaluation.datasets import QAItem, load_split, split_path
+from ragtune.evaluation.runner import check_run_settings, run_strategy
+from ragtune.evaluation.strategies import (
+    RUN_STRATEGIES,
+    STRATEGIES,
+    StrategyModels,
+    make_strategy,
+)
+
+ORACLE_NEEDS = ("no-retrieval", "rag", "multi-step")
+
+
+@dataclass(kw_only=True)
+class QABenchConfig:
+    """Settings of one `ragtune bench qa` run."""
+
+    dataset: str
+    split: str
+    out_dir: Path
+    limit: int | None = None
+    strategies: Sequence[str] = STRATEGIES
+    model: str = "local:gemma-3-270m"
+    routing_policy: str = "classifier"
+    k: int = 5
+    workers: int = 1
+    data_dir: Path | None = None
+    database_url: str | None = None
+    collection: str | None = None
+    specialist_adapter: str | None = None
+    specialist_epochs: float = 2.0
+    specialist_max_steps: int = -1
+    cpu_hour_usd: float = 0.05
+    prices: dict[str, dict[str, float]] = field(default_factory=dict)
+    fresh: bool = False
+    progress: bool = True
+
+    def strategy_list(self) -> list[str]:
+        """The strategies to report, in canonical order (oracle-router's inputs added)."""
+        unknown = [s for s in self.strategies if s not in STRATEGIES]
+        if unknown:
+            raise InputError(f"Unknown strategy {unknown[0]!r}; choose from "
+                             f"{', '.join(STRATEGIES)}.")
+        wanted = set(self.strategies)
+        if "oracle-router" in wanted:
+            wanted |= set(ORACLE_NEEDS)
+        return [s for s in STRATEGIES if s in wanted]
+
+
+def run_qa_bench(config: QABenchConfig, *, models: StrategyModels | None = None,
+                 command: str = "") -> dict[str, Any]:
+    """Run the benchmark `config` describes and write its outputs; return the report.
+
+    `models` replaces the configured store and models (tests pass scripted fakes); then no pool is
+    ingested and no adapter is trained.
+
+    Raises:
+        InputError: Unknown dataset, split or strategy; a limit beyond the split; settings that
+            differ from the cached run in `out_dir`.
+        ConfigError: Missing data folder, unknown model or missing credentials.
+    """
+    from ragtune.agents.models import check_model_spec
+    from ragtune.evaluation.report import build_report, write_outputs
+
+    strategies = config.strategy_list()
+    check_model_spec(config.model)
+    questions = load_split(config.dataset, config.split, limit=config.limit,
+                           folder=config.data_dir)
+    settings = {"dataset": config.dataset, "split": config.split, "questions": len(questions),
+                "model": config.model, "routing_policy": config.routing_policy, "k": config.k,
+                "ids_sha256": hashlib.sha256("\n".join(q.id for q in questions).encode())
+                .hexdigest()}
+    out_dir = Path(config.out_dir)
+    check_run_settings(out_dir, settings, fresh=config.fresh)
+    update_costs: dict[str, Any] = {}
+    database = None
+    if models is None:
+        models, database, update_costs = _default_models(config, questions, strategies, out_dir)
+    try:
+        results = {}
+        for name in strategies:
+            if name == "oracle-router":
+                continue
+            run = make_strategy(name, models)
+            results[name] = run_strategy(name, run, questions, out_dir, workers=config.workers,
+                                         progress=config.progress)
+    finally:
+        if database is not None:
+            database.close()
+    local = config.model.startswith("local:")
+    costs = {name: ({"kind": "local", "cpu_hour_usd": config.cpu_hour_usd} if local or
+                    name == "specialist" else
+                    {"kind": "api", "price": config.prices.get(config.model)})
+             for name in RUN_STRATEGIES}
+    report = build_report(results, {**settings, "strategies": strategies,
+                                    "cpu_hour_usd": config.cpu_hour_usd, "command": command},
+                          costs=costs, update_costs=update_costs)
+    report["outputs"] = {k: str(v) for k, v in write_outputs(report, results, out_dir).items()}
+    return report
+
+
+def _default_models(config: QABenchConfig, questions: Sequence[QAItem], strategies: list[str],
+                    out_dir: Path) -> tuple[StrategyModels, Any, dict[str, Any]]:
+    """Open the store (ingesting the pool once) and load the configured models."""
+    from ragtune.agent import Agent
+    from ragtune.agents.context import Context
+    from ragtune.graphs.resources import Resources
+    from ragtune.tools.database import Database
+    from ragtune.tools.embeddings import load_embeddings
+    from ragtune.tools.store import KnowledgeStore
+
+    database = Database.open(config.database_url)
+    collection = config.collection or f"bench_{config.dataset}_{config.split}"
+    store = KnowledgeStore(database, load_embeddings(), collection)
+    update_costs: dict[str, Any] = {}
+    ingest = _ingest_pool(store, split_path(config.dataset, config.split, config.data_dir))
+    for name in ("rag", "multi-step", "adaptive"):
+        update_costs[name] = {"what": "ingest the pool", **ingest}
+    context = Context(model=config.model, specialist_model=config.model,
+                      routing_policy=config.routing_policy, k=config.k,
+                      database_url=config.database_url, collection=collection)
+    resources = Resources(store=store)
+    specialist = None
+    if "specialist" in strategies:
+        specialist, training = _knowledge_specialist(config, questions, out_dir, store)
+        update_costs["specialist"] = {"what": "fine-tune a knowledge adapter", **training}
+
+    def agent_factory(router: Any) -> Any:
+        return Agent(store=store, router=router, checkpoint=False, context=context)
+
+    models = StrategyModels(store=store, chat_model=resources.chat_model(context),
+                            reader_model=resources.reader_model(context),
+                            specialist_model=specialist, agent_factory=agent_factory, k=config.k)
+    return models, database, update_costs
+
+
+def _ingest_pool(store: Any, path: Path) -> dict[str, Any]:
+    """Ingest the split's paragraphs (idempotent); return the first ingest's cost, kept on disk."""
+    from ragtune.paths import ragtune_home
+    from ragtune.tools.ingest import ingest_paths
+
+    record = ragtune_home() / "bench" / f"{store.collection}.ingest.json"
+    wall, cpu = time.perf_counter(), time.process_time()
+    summary = ingest_paths(store, [str(path)])
+    measured = {"seconds": round(time.perf_counter() - wall, 1),
+                "cpu_seconds": round(time.process_time() - cpu, 1),
+                "documents": summary.documents, "chunks": summary.chunks}
+    if record.is_file() and summary.new == 0:
+        return json.loads(record.read_text(encoding="utf-8"))
+    record.parent.mkdir(parents=True, exist_ok=True)
+    record.write_text(json.dumps(measured), encoding="utf-8")
+    return measured
+
+
+def _knowledge_specialist(config: QABenchConfig, questions: Sequence[QAItem], out_dir: Path,
+                          store: Any) -> tuple[Any, dict[str, Any]]:
+    """The specialist strategy's model: the given adapter, or a knowledge adapter trained now."""
+    from ragtune.agents.adapters import AdapterRegistry
+    from ragtune.agents.finetune.train import FinetuneConfig, run_finetune
+    from ragtune.agents.specialist_model import load_specialist
+
+    registry = AdapterRegistry(out_dir / "adapters")
+    if config.specialist_adapter:
+        version = registry.resolve(config.specialist_adapter)
+        return (load_specialist(config.model, version.ref, registry=registry),
+                {"seconds": version.manifest.get("metrics", {}).get("train_seconds")})
+    name = f"knowledge-{config.dataset}-{config.split}"
+    existing = registry.promoted(name) if name in registry.names() else None
+    if existing is None:
+        data = out_dir / "knowledge_pool.jsonl"
+        seen: set[tuple[str, str]] = set()
+        with data.open("w", encoding="utf-8") as handle:
+            for item in questions:
+                for title, text in item.paragraphs:
+                    if (title, text) not in seen:
+                        seen.add((title, text))
+                        handle.write(json.dumps({"title": title, "text": text}) + "\n")
+        result = run_finetune(FinetuneConfig(
+            task="knowledge", data=[str(data)], name=name, base=config.model,
+            epochs=config.specialist_epochs, max_steps=config.specialist_max_steps,
+            batch_size=8, grad_accum=1, learning_rate=1e-3, progress=config.progress,
+            description=f"paragraphs of {len(questions)} {config.dataset} {config.split} "
+                        "questions"), registry=registry, embeddings=store.embeddings)
+        existing = result.adapter
+    metrics = existing.manifest.get("metrics", {})
+    training = {"seconds": metrics.get("train_seconds"),
+                "cpu_seconds": metrics.get("train_cpu_seconds"),
+                "examples": existing.manifest.get("dataset", {}).get("examples")}
+    return load_specialist(config.model, existing.ref, registry=registry), training
+
+
+def config_dict(config: QABenchConfig) -> dict[str, Any]:
+    """The config as JSON-serialisable data."""
+    return {k: str(v) if isinstance(v, Path) else v for k, v in asdict(config).items()}

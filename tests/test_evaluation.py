@@ -1,0 +1,201 @@
+"""`ragtune bench qa`: metrics, splits, all strategies on two questions, resume, reports, CLI.
+
+The strategy run uses the real embedded Postgres store (langchain-core's deterministic fake
+embeddings) and a scripted fake chat model that answers correctly exactly when the prompt contains
+the gold answer, so retrieval quality decides the score. No gemma weights needed.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import pytest
+from langchain_core.language_models import BaseChatModel
+from langchain_core.messages import AIMessage, BaseMessage
+from langchain_core.outputs import ChatGeneration, ChatResult
+
+from ragtune.errors import ConfigError, InputError
+from ragtune.evaluation.datasets import load_split
+from ragtune.evaluation.metrics import best_em_f1, exact_match, sub_question_f1, token_f1
+from ragtune.evaluation.qa import QABenchConfig, run_qa_bench
+from ragtune.evaluation.report import oracle_rows, write_docs
+from ragtune.evaluation.runner import load_cache
+from ragtune.evaluation.strategies import STRATEGIES, StrategyModels
+from tests.conftest import ragtune_cmd, shared_data_dir
+
+
+def test_answer_metrics_on_hand_checked_cases() -> None:
+    assert exact_match("The Beatles!", "beatles") == 1.0
+    assert exact_match("an apple", "Apple.") == 1.0
+    assert token_f1("Pittsburgh Pirates", "the Pirates") == pytest.approx(2 / 3)
+    assert token_f1("", "Paris") == 0.0 and exact_match("", "Paris") == 0.0
+    assert token_f1("", "") == 1.0
+    assert best_em_f1("the Orioles", "Pittsburgh Pirates", ["Orioles", "Baltimore Orioles"]) \
+        == (1.0, 1.0)
+    assert best_em_f1("Baltimore", "Pittsburgh Pirates", ["Baltimore Orioles"]) == \
+        (0.0, pytest.approx(2 / 3))
+    assert sub_question_f1(["who is a", "what is #1"], ["who is a", "what is #1"]) == 1.0
+    assert sub_question_f1(["who is a"], ["who is a", "what is #1"]) == 0.5
+    assert sub_question_f1([], []) == 1.0
+
+
+def test_splits_load_deterministically_and_refuse_bad_requests(tmp_path: Path) -> None:
+    first = load_split("musique", "tune", limit=3)
+    assert [q.id for q in first] == [q.id for q in load_split("musique", "tune", limit=3)]
+    assert first[0].aliases is not None and first[0].kind.endswith("hop")
+    hotpot = load_split("hotpotqa", "tune", limit=2)
+    assert hotpot[0].kind in ("bridge", "comparison") and len(hotpot[0].gold_titles) == 2
+    with pytest.raises(InputError, match=r"--limit 5000 is larger than hotpotqa tune \(267"):
+        load_split("hotpotqa", "tune", limit=5000)
+    with pytest.raises(InputError, match="Unknown dataset"):
+        load_split("squad", "tune")
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_split("hotpotqa", "tune", folder=tmp_path / "nowhere")
+
+
+class AnswerIfPresent(BaseChatModel):
+    """Scripted: decomposes into two sub-questions; answers with a gold answer in the prompt."""
+
+    answers: list[str]
+    calls: int = 0
+
+    @property
+    def _llm_type(self) -> str:
+        return "answer-if-present"
+
+    def _generate(self, messages: list[BaseMessage], stop: Any = None, run_manager: Any = None,
+                  **kwargs: Any) -> ChatResult:
+        self.calls += 1
+        prompt = "\n".join(str(m.content) for m in messages)
+        if "sub-questions" in prompt.lower() and "Split the question" in prompt:
+            text = "1. Who is mentioned first?\n2. What else is known about #1?"
+        else:
+            tail = prompt.rsplit("<context>", 1)[-1] if "<context>" in prompt else prompt[-200:]
+            text = next((a for a in self.answers if a.lower() in tail.lower()), "unknown")
+        return ChatResult(generations=[ChatGeneration(message=AIMessage(
+            content=text, usage_metadata={"input_tokens": len(prompt.split()),
+                                          "output_tokens": len(text.split()),
+                                          "total_tokens": 0}))])
+
+
+@pytest.fixture
+def scripted(fake_store: Any) -> tuple[StrategyModels, AnswerIfPresent]:
+    """The two-question pool in the real store, and models that script their answers."""
+    from ragtune.agent import Agent
+    from ragtune.agents.router import load_router
+    from ragtune.tools.ingest import ingest_documents
+    from ragtune.tools.loaders.document import SourceDocument
+
+    questions = load_split("hotpotqa", "tune", limit=2)
+    documents = {(t, x) for q in questions for t, x in q.paragraphs}
+    ingest_documents(fake_store, [SourceDocument(source=f"p:{t}", text=x, title=t)
+                                  for t, x in sorted(documents)])
+    model = AnswerIfPresent(answers=[q.answer for q in questions])
+
+    def agent_factory(router: Any) -> Any:
+        return Agent(store=fake_store, model=model, specialist_model=model, checkpoint=False,
+                     router=router or load_router("rules"))
+
+    return StrategyModels(store=fake_store, chat_model=model, reader_model=model,
+                          specialist_model=model, agent_factory=agent_factory), model
+
+
+def test_every_strategy_runs_on_two_questions_and_reports(scripted: Any, tmp_path: Path) -> None:
+    models, _ = scripted
+    config = QABenchConfig(dataset="hotpotqa", split="tune", limit=2, out_dir=tmp_path / "run",
+                           progress=False)
+    report = run_qa_bench(config, models=models, command="ragtune bench qa ...")
+    rows = report["strategies"]
+    assert list(rows) == list(STRATEGIES)
+    assert all(rows[s]["questions"] == 2 and rows[s]["errors"] == 0 for s in rows)
+    assert rows["no-retrieval"]["em"] == 0.0  # no paragraphs, so the script cannot answer
+    assert rows["no-retrieval"]["model_calls"] == 1.0 and rows["rag"]["model_calls"] == 1.0
+    assert rows["rag"]["recall@10"] is not None and rows["no-retrieval"]["recall@10"] is None
+    assert rows["multi-step"]["model_calls"] > 1.0 and rows["multi-step"]["steps"] > 2
+    assert set(rows["multi-step"]["routes"]) == {"decompose"}
+    assert rows["oracle-router"]["f1"] >= max(rows[s]["f1"] for s in
+                                              ("no-retrieval", "rag", "multi-step"))
+    assert report["router_accuracy"]["questions"] == 2
+    assert report["adaptive_vs_multi_step"]["time_ratio"] > 0
+    for name in ("results", "markdown", "predictions", "f1_vs_time", "routes", "latency_cdf"):
+        assert Path(report["outputs"][name]).is_file()
+    assert Path(report["outputs"]["f1_vs_time"]).read_bytes()[:4] == b"\x89PNG"
+    saved = json.loads(Path(report["outputs"]["results"]).read_text())
+    assert saved["strategies"]["rag"]["f1"] == rows["rag"]["f1"]
+    lines = Path(report["outputs"]["predictions"]).read_text().splitlines()
+    assert len(lines) == 2 * len(STRATEGIES)
+    docs = tmp_path / "docs" / "results.md"
+    write_docs(report, docs, command="ragtune bench qa --dataset hotpotqa ...")
+    text = docs.read_text()
+    assert "| approach | EM | F1 | p95 latency (s) | cost per query ($) |" in text
+    assert "| approach | EM | F1 | steps |" in text and "ragtune bench qa --dataset" in text
+
+
+def test_an_interrupted_run_continues_without_redoing_questions(scripted: Any,
+                                                                tmp_path: Path) -> None:
+    models, model = scripted
+    out = tmp_path / "run"
+    config = QABenchConfig(dataset="hotpotqa", split="tune", limit=2, out_dir=out,
+                           strategies=["rag"], progress=False)
+    original = models.reader_model
+    calls = {"n": 0}
+
+    class Interrupting(AnswerIfPresent):
+        def _generate(self, *args: Any, **kwargs: Any) -> ChatResult:
+            calls["n"] += 1
+            if calls["n"] == 2:
+                raise KeyboardInterrupt
+            return super()._generate(*args, **kwargs)
+
+    models.reader_model = Interrupting(answers=model.answers)
+    with pytest.raises(KeyboardInterrupt):
+        run_qa_bench(config, models=models)
+    assert len(load_cache(out, "rag")) == 1
+    models.reader_model = original
+    before = model.calls
+    report = run_qa_bench(config, models=models)
+    assert model.calls - before == 1  # only the unfinished question ran again
+    assert report["strategies"]["rag"]["questions"] == 2
+    with pytest.raises(InputError, match="other settings"):
+        run_qa_bench(QABenchConfig(dataset="hotpotqa", split="tune", limit=1, out_dir=out,
+                                   strategies=["rag"], progress=False), models=models)
+    fresh = run_qa_bench(QABenchConfig(dataset="hotpotqa", split="tune", limit=1, out_dir=out,
+                                       strategies=["rag"], progress=False, fresh=True),
+                         models=models)
+    assert fresh["strategies"]["rag"]["questions"] == 1
+
+
+def test_oracle_takes_the_cheapest_correct_strategy() -> None:
+    def row(f1: float) -> dict[str, Any]:
+        return {"f1": f1, "em": f1, "latency_s": 1.0}
+
+    results = {"no-retrieval": {"a": row(0.0), "b": row(1.0), "c": row(0.0)},
+               "rag": {"a": row(1.0), "b": row(1.0), "c": row(0.0)},
+               "multi-step": {"a": row(1.0), "b": row(0.0), "c": row(0.2)}}
+    oracle = oracle_rows(results)
+    assert {q: r["oracle_label"] for q, r in oracle.items()} == {"a": "B", "b": "A", "c": "C"}
+
+
+@pytest.mark.parametrize(("args", "code", "message"), [
+    (["--dataset", "hotpotqa", "--split", "tune", "--limit", "5000"], 3, "larger than"),
+    (["--dataset", "hotpotqa", "--split", "tune", "--strategies", "magic"], 3,
+     "Unknown strategy 'magic'"),
+    (["--dataset", "hotpotqa", "--split", "tune", "--model", "openai:gpt-4o-mini"], 2,
+     r"needs an API key|Install langchain-openai"),
+    (["--dataset", "hotpotqa", "--split", "tune", "--data-dir", "/nonexistent-data"], 2,
+     "does not exist"),
+])
+def test_cli_refuses_bad_requests_before_any_work(args: list[str], code: int, message: str,
+                                                  tmp_path: Path, cli_env: dict[str, str]
+                                                  ) -> None:
+    env = {k: v for k, v in cli_env.items() if k != "OPENAI_API_KEY"}
+    env["RAGTUNE_DATA_DIR"] = str(shared_data_dir())
+    run = subprocess.run(ragtune_cmd("bench", "qa", *args, "--out", str(tmp_path / "o")),
+                         capture_output=True, text=True, env=env, timeout=120)
+    assert run.returncode == code, run.stderr
+    assert re.search(message, run.stderr) and "Traceback" not in run.stderr
+    assert not (tmp_path / "o" / "cache").exists()
