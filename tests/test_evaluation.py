@@ -199,3 +199,18 @@ def test_cli_refuses_bad_requests_before_any_work(args: list[str], code: int, me
     assert run.returncode == code, run.stderr
     assert re.search(message, run.stderr) and "Traceback" not in run.stderr
     assert not (tmp_path / "o" / "cache").exists()
+
+
+def test_results_notebook_draws_a_run(scripted: Any, tmp_path: Path,
+                                      cli_env: dict[str, str]) -> None:
+    from tests.test_notebooks import NOTEBOOKS, run_notebook
+
+    models, _ = scripted
+    out = tmp_path / "run"
+    run_qa_bench(QABenchConfig(dataset="hotpotqa", split="tune", limit=2, out_dir=out,
+                               progress=False), models=models)
+    for plot_file in out.glob("*.png"):
+        plot_file.unlink()
+    run_notebook(NOTEBOOKS / "03_results.ipynb", {**cli_env, "RESULTS_DIR": str(out)})
+    assert {p.name for p in out.glob("*.png")} == {"f1_vs_time.png", "routes.png",
+                                                  "latency_cdf.png"}
