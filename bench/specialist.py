@@ -228,7 +228,7 @@ def bench_knowledge(runtime: Any, model: Any, reader: str, count: int, batch: in
     rows: dict[str, Any] = {"facts": len(facts), "source": "train/musique_train.json"}
     workdir = Path(tempfile.mkdtemp(prefix="ragtune-knowledge-"))
     embeddings = load_embeddings()
-    database = Database.open(None, workdir / "home")
+    database = Database.open(None, home=workdir / "home")
     try:
         store = KnowledgeStore(database, embeddings, "knowledge_bench")
         print("  knowledge: ingesting the existing pool (not timed)", file=sys.stderr)
