@@ -288,6 +288,7 @@ def run_finetune(config: FinetuneConfig, *, registry: AdapterRegistry | None = N
 
     staging = Path(tempfile.mkdtemp(prefix=f".{config.name}-", dir=_staging_parent(registry)))
     peft_model.save_pretrained(staging, safe_serialization=True)
+    _record_base_id(staging / "adapter_config.json", base.model_id)
     plot_loss_curve(trainer.state.log_history, staging / "loss_curve.png",
                     title=f"{config.name} ({config.task})")
     (staging / "log_history.json").write_text(json.dumps(trainer.state.log_history, indent=1),
@@ -309,6 +310,14 @@ def run_finetune(config: FinetuneConfig, *, registry: AdapterRegistry | None = N
     version = registry.add(config.name, staging, manifest)
     shutil.rmtree(run_dir, ignore_errors=True)
     return FinetuneResult(version, len(examples), dropped, train_seconds, train_tokens, metrics)
+
+
+def _record_base_id(config_path: Path, model_id: str) -> None:
+    """Name the base by its id, not by where its weights happen to lie on this machine."""
+    settings = json.loads(config_path.read_text(encoding="utf-8"))
+    settings["base_model_name_or_path"] = model_id
+    config_path.write_text(json.dumps(settings, indent=2, sort_keys=True) + "\n",
+                           encoding="utf-8")
 
 
 def encode_examples(examples: Sequence[Example], tokenizer: Any, max_length: int
