@@ -8,6 +8,7 @@ with `prompts.SPECIALIST_PROMPT`. The answer is cleaned like any other short ans
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 from langchain_core.language_models import BaseChatModel
 from langchain_core.messages import HumanMessage
@@ -35,12 +36,15 @@ def ask_specialist(
     `adapter` picks another adapter of a `SpecialistModel` for this call (e.g. the one whose
     domain matched the question).
     """
-    if adapter and isinstance(model, SpecialistModel) and \
-            model.adapter_task(adapter) in READER_FAMILY:
+    extra: dict[str, Any] = {}
+    if adapter and isinstance(model, SpecialistModel):
+        extra["adapter"] = adapter
+        own_format = model.adapter_task(adapter) in READER_FAMILY
+    else:
+        own_format = is_adapter_model(model, *READER_FAMILY)
+    if own_format:
         reply = model.invoke([HumanMessage(content=question.strip())], max_tokens=max_tokens,
-                             adapter=adapter)
-    elif is_adapter_model(model, *READER_FAMILY):
-        reply = model.invoke([HumanMessage(content=question.strip())], max_tokens=max_tokens)
+                             **extra)
     else:
         reply = model.invoke([HumanMessage(content=prompt.format(question=question.strip()))],
                              stop=["\n", "<question>"], max_tokens=max_tokens)

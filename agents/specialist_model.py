@@ -155,6 +155,5 @@ def load_specialist(base: str = "local:gemma-3-270m", adapter: str | None = None
     return model
 
 
-__all__ = ["DECOMPOSER_FORMAT", "READER_FAMILY", "READER_FORMAT", "AdapterError",
-           "SpecialistModel", "adapter_key", "describe_model", "is_adapter_model",
-           "load_specialist"]
+__all__ = ["DECOMPOSER_FORMAT", "READER_FAMILY", "READER_FORMAT", "SpecialistModel",
+           "adapter_key", "describe_model", "is_adapter_model", "load_specialist"]

@@ -21,7 +21,7 @@ import statistics
 import sys
 import tempfile
 import time
-from collections import Counter, defaultdict
+from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
@@ -39,17 +39,10 @@ def percentile(values: list[float], q: float) -> float:
 
 
 def f1_em(prediction: str, gold: str) -> tuple[float, float]:
-    """SQuAD-style F1 and exact match."""
-    from ragtune.agents.answerer import normalize_answer
+    """SQuAD-style F1 and exact match (`ragtune.evaluation.metrics`)."""
+    from ragtune.evaluation.metrics import exact_match, token_f1
 
-    p, g = normalize_answer(prediction).split(), normalize_answer(gold).split()
-    em = float(p == g)
-    common = Counter(p) & Counter(g)
-    overlap = sum(common.values())
-    if not p or not g or overlap == 0:
-        return 0.0, em
-    precision, recall = overlap / len(p), overlap / len(g)
-    return 2 * precision * recall / (precision + recall), em
+    return token_f1(prediction, gold), exact_match(prediction, gold)
 
 
 def first_titles(titles: list[str | None], n: int = 10) -> list[str]:

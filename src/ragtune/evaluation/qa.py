@@ -15,7 +15,7 @@ import hashlib
 import json
 import time
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -209,7 +209,3 @@ def _knowledge_specialist(config: QABenchConfig, questions: Sequence[QAItem], ou
                 "examples": existing.manifest.get("dataset", {}).get("examples")}
     return load_specialist(config.model, existing.ref, registry=registry), training
 
-
-def config_dict(config: QABenchConfig) -> dict[str, Any]:
-    """The config as JSON-serialisable data."""
-    return {k: str(v) if isinstance(v, Path) else v for k, v in asdict(config).items()}
