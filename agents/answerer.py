@@ -118,6 +118,23 @@ def answer_from_documents(
     return AnswerResult(text, cite(text, raw, documents), raw, usage)
 
 
+def evidence_for_composition(documents: Sequence[Document],
+                              per_hop_ids: Sequence[Sequence[str]], limit: int) -> list[Document]:
+    """Pick up to `limit` of the paragraphs a multi-hop run gathered, best ranks of every hop first.
+
+    `per_hop_ids` lists each sub-question's retrieved ids in rank order; the result takes rank 1
+    of every hop, then rank 2, ... (deduplicated), so each hop's best evidence reaches the reader.
+    """
+    by_id = {str(d.id): d for d in documents}
+    chosen: dict[str, Document] = {}
+    depth = max((len(ids) for ids in per_hop_ids), default=0)
+    for rank in range(depth):
+        for ids in per_hop_ids:
+            if rank < len(ids) and ids[rank] in by_id and len(chosen) < limit:
+                chosen.setdefault(ids[rank], by_id[ids[rank]])
+    return list(chosen.values())
+
+
 def compose_answer(
     question: str,
     facts: Sequence[tuple[str, str]],
@@ -127,18 +144,24 @@ def compose_answer(
     prompt: str = COMPOSE_PROMPT,
     max_tokens: int = 48,
 ) -> AnswerResult:
-    """Answer `question` from sub-question answers (`facts`: (sub-question, answer) pairs)."""
+    """Answer `question` from sub-question answers (`facts`: (sub-question, answer) pairs).
+
+    A `reader` adapter reads the question against the evidence itself: a first paragraph holding
+    the sub-answers, then `documents` (the paragraphs the hops retrieved). A small reader
+    composes far better this way than from the sub-answers alone, because one wrong sub-answer no
+    longer decides the final answer. Other models get the sub-answers with `prompt`.
+    """
     if is_adapter_model(model, "reader"):
-        numbered = "\n".join(f"[{i}] {q} {a}" for i, (q, a) in enumerate(facts, 1))
-        reply = model.invoke([SystemMessage(content=numbered),
-                              HumanMessage(content=question.strip())], max_tokens=max_tokens)
-        raw = reply.content if isinstance(reply.content, str) else str(reply.content)
-        usage = _usage(reply)
+        notes = Document(page_content="; ".join(f"{q} {a}" for q, a in facts),
+                         metadata={"title": "Sub-answers"})
+        result = answer_from_documents(question, [notes, *documents], model,
+                                       max_tokens=max_tokens)
+        text, raw, usage = result.text, result.raw, result.usage
     else:
         lines = "\n".join(f"{q} {a}" for q, a in facts)
         raw, usage = _complete(model, prompt.format(facts=lines, question=question.strip()),
                                max_tokens)
-    text = clean_answer(raw)
+        text = clean_answer(raw)
     if not text and facts:
         text = facts[-1][1]
     return AnswerResult(text, cite(text, raw, documents), raw, usage)

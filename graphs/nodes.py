@@ -240,7 +240,12 @@ class OrchestratorNodes:
 
     def answer(self, state: AgentState, runtime: Runtime[Context]) -> dict[str, Any]:
         """Write the final short answer with citations, from whatever the run gathered."""
-        from ragtune.agents.answerer import AnswerResult, answer_from_documents, compose_answer
+        from ragtune.agents.answerer import (
+            AnswerResult,
+            answer_from_documents,
+            compose_answer,
+            evidence_for_composition,
+        )
         from ragtune.agents.specialist_model import describe_model
 
         started = time.perf_counter()
@@ -257,8 +262,13 @@ class OrchestratorNodes:
         elif sub_answers:
             model = self.resources.reader_model(ctx)
             facts = [(a["question"], a["answer"]) for a in sub_answers]
-            result = compose_answer(state["question"], facts, docs,
-                                             model, max_tokens=ctx.max_answer_tokens)
+            hops = [list(a.get("document_ids", [])) for a in sub_answers]
+            per_hop = {i for ids in hops for i in ids}
+            # Paragraphs retrieved for the whole question (retrieve_links) count as a first hop.
+            whole = [str(d.id) for d in docs if str(d.id) not in per_hop]
+            evidence = evidence_for_composition(docs, [whole, *hops], ctx.k + 1)
+            result = compose_answer(state["question"], facts, evidence,
+                                    model, max_tokens=ctx.max_answer_tokens)
             how = f"composed from {len(facts)} sub-answers by {describe_model(model)}"
         elif docs:
             model = self.resources.reader_model(ctx)

@@ -270,3 +270,19 @@ def test_graph_topology_snapshot() -> None:
         SNAPSHOT.parent.mkdir(exist_ok=True)
         SNAPSHOT.write_text(drawn)
     assert drawn == SNAPSHOT.read_text(), "graph shape changed; see RAGTUNE_UPDATE_SNAPSHOTS"
+
+
+def test_composition_evidence_takes_every_hops_best_paragraphs_first() -> None:
+    from langchain_core.documents import Document
+
+    from ragtune.agents.answerer import evidence_for_composition
+
+    docs = [Document(f"text {i}", id=i) for i in ("q1", "q2", "a1", "a2", "a3", "b1", "b2")]
+    hops = [["q1", "q2"], ["a1", "a2", "a3"], ["b1", "q1", "b2"]]
+    picked = [d.id for d in evidence_for_composition(docs, hops, 5)]
+    # Rank 1 of each hop, then rank 2 (q1 again is skipped as a duplicate), capped at 5.
+    assert picked == ["q1", "a1", "b1", "q2", "a2"]
+    assert [d.id for d in evidence_for_composition(docs, hops, 50)] == \
+        ["q1", "a1", "b1", "q2", "a2", "a3", "b2"]
+    assert evidence_for_composition(docs, [], 5) == []
+    assert evidence_for_composition(docs, [["missing"]], 5) == []
