@@ -8,6 +8,7 @@ else the top-ranked ones. Retrieved text is always placed inside the prompt's `<
 
 from __future__ import annotations
 
+import math
 import re
 import string
 from collections.abc import Sequence
@@ -34,6 +35,8 @@ class AnswerResult:
     citations: list[Document] = field(default_factory=list)
     raw: str = ""
     usage: dict[str, int] = field(default_factory=dict)
+    confidence: float | None = None
+    """The model's mean per-token probability of its answer (local models), else None."""
 
 
 def normalize_answer(text: str) -> str:
@@ -86,11 +89,15 @@ def _usage(message: Any) -> dict[str, int]:
     return {k: int(meta.get(k, 0)) for k in ("input_tokens", "output_tokens") if k in meta}
 
 
-def _complete(model: BaseChatModel, prompt: str, max_tokens: int) -> tuple[str, dict[str, int]]:
-    reply = model.invoke([HumanMessage(content=prompt)], stop=["\n", "<context>", "<question>"],
-                         max_tokens=max_tokens)
-    content = reply.content if isinstance(reply.content, str) else str(reply.content)
-    return content, _usage(reply)
+def _confidence(message: Any) -> float | None:
+    """exp(mean token log-probability) from a local model's reply metadata, else None."""
+    logprob = (getattr(message, "response_metadata", None) or {}).get("mean_logprob")
+    return math.exp(logprob) if isinstance(logprob, (int, float)) else None
+
+
+def _complete(model: BaseChatModel, prompt: str, max_tokens: int) -> Any:
+    return model.invoke([HumanMessage(content=prompt)], stop=["\n", "<context>", "<question>"],
+                        max_tokens=max_tokens)
 
 
 def answer_from_documents(
@@ -109,13 +116,12 @@ def answer_from_documents(
     if is_adapter_model(model, "reader"):
         reply = model.invoke([SystemMessage(content=format_context(documents)),
                               HumanMessage(content=question.strip())], max_tokens=max_tokens)
-        raw = reply.content if isinstance(reply.content, str) else str(reply.content)
-        usage = _usage(reply)
     else:
-        raw, usage = _complete(model, prompt.format(context=format_context(documents),
-                                                    question=question.strip()), max_tokens)
+        reply = _complete(model, prompt.format(context=format_context(documents),
+                                               question=question.strip()), max_tokens)
+    raw = reply.content if isinstance(reply.content, str) else str(reply.content)
     text = clean_answer(raw)
-    return AnswerResult(text, cite(text, raw, documents), raw, usage)
+    return AnswerResult(text, cite(text, raw, documents), raw, _usage(reply), _confidence(reply))
 
 
 def evidence_for_composition(documents: Sequence[Document],
@@ -159,8 +165,10 @@ def compose_answer(
         text, raw, usage = result.text, result.raw, result.usage
     else:
         lines = "\n".join(f"{q} {a}" for q, a in facts)
-        raw, usage = _complete(model, prompt.format(facts=lines, question=question.strip()),
-                               max_tokens)
+        reply = _complete(model, prompt.format(facts=lines, question=question.strip()),
+                          max_tokens)
+        raw = reply.content if isinstance(reply.content, str) else str(reply.content)
+        usage = _usage(reply)
         text = clean_answer(raw)
     if not text and facts:
         text = facts[-1][1]

@@ -63,6 +63,13 @@ class Context:
         "Step budget: graph steps before the agent must answer with what it has."))
     max_hops: int = field(default=4, metadata=_describe(
         "Most sub-questions a decomposition may run."))
+    read_first: bool = field(default=True, metadata=_describe(
+        "On the decompose route, let the reader first answer from the question's own top-k "
+        "paragraphs, and decompose only when it is unsure (see read_first_confidence)."))
+    read_first_confidence: float = field(default=0.5, metadata=_describe(
+        "Reader confidence (mean token probability of its answer) at which a read-first answer "
+        "stands; below it the question is decomposed. Models that report no confidence always "
+        "decompose."))
     max_retrievals: int = field(default=8, metadata=_describe(
         "Most retrievals (including rewritten retries) per question."))
     evidence_threshold: float = field(default=0.5, metadata=_describe(
@@ -101,6 +108,8 @@ class Context:
                               f"check_evidence, answer), not {self.max_steps}")
         if not 0.0 <= float(self.evidence_threshold) <= 1.0:
             raise ConfigError("evidence_threshold must be between 0 and 1")
+        if not 0.0 <= float(self.read_first_confidence) <= 1.0:
+            raise ConfigError("read_first_confidence must be between 0 and 1")
         if not -1.0 <= float(self.specialist_threshold) <= 1.0:
             raise ConfigError("specialist_threshold must be between -1 and 1")
         for name in ("specialist_adapter", "reader_adapter", "decomposer_adapter"):

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import threading
 import time
 from collections.abc import AsyncIterator, Generator, Iterator, Mapping, Sequence
@@ -190,12 +191,15 @@ class Completion:
         input_tokens: Tokens in the prompt.
         output_tokens: Tokens the model generated (including any cut off by a stop sequence).
         finish_reason: "length" when `max_new_tokens` ran out, else "stop".
+        mean_logprob: Mean log-probability of the tokens of `text` (the model's confidence in
+            its answer; greedy decoding), when measured (`complete` measures it).
     """
 
     text: str
     input_tokens: int
     output_tokens: int
     finish_reason: FinishReason
+    mean_logprob: float | None = None
 
 
 class LocalCausalLM:
@@ -274,12 +278,35 @@ class LocalCausalLM:
         """Generate a continuation of `prompt` (with the loaded adapter `adapter`, or none)."""
         inputs = self._encode(prompt)
         prompt_length = int(inputs["input_ids"].shape[1])
-        output = self._generate(inputs, settings, threading.Event(), adapter=adapter)
-        new_ids = output[0, prompt_length:]
+        output = self._generate(inputs, settings, threading.Event(), adapter=adapter,
+                                scores=True)
+        new_ids = output.sequences[0, prompt_length:]
         text = self.tokenizer.decode(new_ids, skip_special_tokens=True)
         text_filter = StopSequenceFilter(settings.stop, strip=settings.strip)
         text = text_filter.apply(text)
-        return self._completion(text, prompt_length, len(new_ids), settings, text_filter.stopped)
+        completion = self._completion(text, prompt_length, len(new_ids), settings,
+                                      text_filter.stopped)
+        return dataclasses.replace(completion, mean_logprob=self._mean_logprob(
+            new_ids, output.scores, text_filter.stopped))
+
+    def _mean_logprob(self, new_ids: Any, scores: Sequence[Any], stopped: bool) -> float | None:
+        """Mean log-probability of the generated tokens that form the text.
+
+        The token that completed a stop sequence (e.g. the newline after a short answer) and an
+        end-of-sequence token are left out: they say the answer ended, not what it is.
+        """
+        import torch
+
+        ids = [int(t) for t in new_ids]
+        count = len(ids)
+        ended = bool(ids) and ids[-1] == self.tokenizer.eos_token_id
+        if ended or (stopped and count > 1):
+            count -= 1
+        if count == 0 or len(scores) < count:
+            return None
+        logprobs = [float(torch.log_softmax(scores[i][0].float(), dim=-1)[ids[i]])
+                    for i in range(count)]
+        return sum(logprobs) / count
 
     def complete_batch(self, prompts: Sequence[str], settings: GenerationSettings,
                        adapter: str | None = None) -> list[Completion]:
@@ -373,7 +400,9 @@ class LocalCausalLM:
         cancel: threading.Event,
         streamer: Any = None,
         adapter: str | None = None,
+        scores: bool = False,
     ) -> Any:
+        """Run `generate` under the lock; with `scores`, return its dict with per-step logits."""
         import torch
         from transformers import StoppingCriteriaList
 
@@ -395,6 +424,8 @@ class LocalCausalLM:
                 stopping_criteria=StoppingCriteriaList([criterion]),
                 streamer=streamer,
                 pad_token_id=pad_token_id,
+                output_scores=scores,
+                return_dict_in_generate=scores,
                 **sampling,
             )
 
@@ -626,7 +657,11 @@ class LocalChatModel(BaseChatModel):
         return ChatGenerationChunk(message=message)
 
     def _response_metadata(self, completion: Completion) -> dict[str, Any]:
-        return {"model_name": self.model_id, "finish_reason": completion.finish_reason}
+        metadata: dict[str, Any] = {"model_name": self.model_id,
+                                    "finish_reason": completion.finish_reason}
+        if completion.mean_logprob is not None:
+            metadata["mean_logprob"] = completion.mean_logprob
+        return metadata
 
 
 def _usage(completion: Completion) -> UsageMetadata:

@@ -90,7 +90,7 @@ class OrchestratorNodes:
             "question": question, "route": decision.action, "query": question,
             "steps": Overwrite(1), "trace": Overwrite([first]), "documents": Overwrite([]),
             "retrievals": Overwrite(0), "sub_answers": Overwrite([]), "usage": Overwrite({}),
-            "sub_questions": [], "specialist_answer": None, "evidence_ok": None,
+            "sub_questions": [], "specialist_answer": None, "evidence_ok": None, "draft": None,
             "specialist_adapter": domain[0] if domain else None,
             "answer": "", "citations": [], "exhausted": False, "retrieved": [],
         }
@@ -158,6 +158,37 @@ class OrchestratorNodes:
                                  started, reason=reason, scores={"coverage": check.coverage},
                                  detail={"next_query": update.get("query")})]
         return update
+
+    def read_first(self, state: AgentState, runtime: Runtime[Context]) -> dict[str, Any]:
+        """Answer from the question's own top-k paragraphs; keep it if the reader is confident.
+
+        The paragraphs are the first k that `retrieve_links` kept for the whole question (what a
+        single retrieval returns). An answer below `read_first_confidence`, or from a model that
+        reports no confidence, is set aside and the question is decomposed (its paragraphs stay).
+        """
+        from ragtune.agents.answerer import answer_from_documents
+        from ragtune.agents.specialist_model import describe_model
+
+        started = time.perf_counter()
+        ctx = context_of(runtime)
+        threshold = ctx.read_first_confidence
+        docs = state.get("documents", [])[:ctx.k]
+        model = self.resources.reader_model(ctx)
+        result = answer_from_documents(state["question"], docs, model, prompt=ctx.answer_prompt,
+                                       max_tokens=ctx.max_answer_tokens)
+        confidence = result.confidence
+        accepted = bool(result.text) and confidence is not None and confidence >= threshold
+        shown = "unknown" if confidence is None else f"{confidence:.2f}"
+        return {
+            "draft": {"answer": result.text, "confidence": confidence, "accepted": accepted,
+                      "citations": citations_of(result.citations)},
+            "steps": 1, "usage": result.usage,
+            "trace": [event(state, "read_first", "answer" if accepted else "decompose", started,
+                            reason=f"reader confidence {shown} vs threshold {threshold} "
+                                   f"({describe_model(model)}, {len(docs)} paragraphs)",
+                            scores={"confidence": confidence} if confidence is not None else {},
+                            detail={"answer": result.text})],
+        }
 
     def decompose(self, state: AgentState, runtime: Runtime[Context]) -> dict[str, Any]:
         """Split the question into sub-questions (later ones may use `#n` references)."""
@@ -256,9 +287,14 @@ class OrchestratorNodes:
         # Work left undone means a budget stopped the run: sub-questions never run, or evidence
         # still short when retrieval had to stop.
         exhausted = planned > len(sub_answers) or state.get("evidence_ok") is False
+        draft = state.get("draft")
         if state.get("specialist_answer") is not None:
             result = AnswerResult(state["specialist_answer"])
             how = "specialist answer"
+        elif draft is not None and draft["accepted"]:
+            cited = {c["id"] for c in draft["citations"]}
+            result = AnswerResult(draft["answer"], [d for d in docs if str(d.id) in cited])
+            how = f"read-first answer (confidence {draft['confidence']:.2f})"
         elif sub_answers:
             model = self.resources.reader_model(ctx)
             facts = [(a["question"], a["answer"]) for a in sub_answers]

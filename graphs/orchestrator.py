@@ -3,9 +3,11 @@
 ```
 START -> route -+-> retrieve -> check_evidence -+-> answer -> END
                 |       ^----- (rewritten) -----+
-                +-> retrieve_links -> decompose -> schedule --Send--> solve (each ready one)
-                |                                    ^------------------+
-                |                                    +--> answer
+                +-> retrieve_links -> read_first -+-> answer (confident)
+                |         |                        v
+                |         +------------------> decompose -> schedule --Send--> solve (each ready)
+                |                                              ^------------------+
+                |                                              +--> answer
                 +-> specialist -> answer
 ```
 
@@ -30,6 +32,11 @@ from ragtune.graphs.state import AgentState, InputState, OutputState
 
 def _after_check(state: AgentState, runtime: Runtime[Context]) -> Literal["retrieve", "answer"]:
     return routing.after_check(state, context_of(runtime))
+
+
+def _after_links(state: AgentState,
+                 runtime: Runtime[Context]) -> Literal["read_first", "decompose"]:
+    return routing.after_links(state, context_of(runtime))
 
 
 def _schedule(state: AgentState, runtime: Runtime[Context]) -> list[Send] | Literal["answer"]:
@@ -66,6 +73,7 @@ def build_graph(resources: Resources | None = None, checkpointer: Any = None) ->
     builder.add_node("retrieve", nodes.retrieve, retry_policy=io_retry)
     builder.add_node("retrieve_links", nodes.retrieve_links, retry_policy=io_retry)
     builder.add_node("check_evidence", nodes.check_evidence)
+    builder.add_node("read_first", nodes.read_first)
     builder.add_node("decompose", nodes.decompose)
     builder.add_node("schedule", _schedule_node)
     builder.add_node("solve", nodes.solve, retry_policy=io_retry)
@@ -76,7 +84,8 @@ def build_graph(resources: Resources | None = None, checkpointer: Any = None) ->
     builder.add_conditional_edges("route", routing.after_route)
     builder.add_edge("retrieve", "check_evidence")
     builder.add_conditional_edges("check_evidence", _after_check)
-    builder.add_edge("retrieve_links", "decompose")
+    builder.add_conditional_edges("retrieve_links", _after_links)
+    builder.add_conditional_edges("read_first", routing.after_read_first)
     builder.add_edge("decompose", "schedule")
     builder.add_conditional_edges("schedule", _schedule, ["solve", "answer"])
     builder.add_edge("solve", "schedule")

@@ -38,6 +38,19 @@ def after_route(state: AgentState) -> Literal["retrieve", "retrieve_links", "spe
     raise ValueError(f"after_route: unexpected route {route!r}")
 
 
+def after_links(state: AgentState, context: Context) -> Literal["read_first", "decompose"]:
+    """Try a read-first answer before decomposing, unless the context turns that off."""
+    return "read_first" if context.read_first else "decompose"
+
+
+def after_read_first(state: AgentState) -> Literal["answer", "decompose"]:
+    """Answer with the read-first draft when it was confident enough; else decompose."""
+    draft = state.get("draft")
+    if draft is None:
+        raise ValueError("after_read_first: the read-first step did not run")
+    return "answer" if draft["accepted"] else "decompose"
+
+
 def after_check(state: AgentState, context: Context) -> Literal["retrieve", "answer"]:
     """Retrieve again (rewritten query) when evidence is short and budgets allow; else answer."""
     if state.get("evidence_ok") is None:

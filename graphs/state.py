@@ -41,6 +41,15 @@ class SubQuestion(TypedDict):
     depends_on: list[int]
 
 
+class Draft(TypedDict):
+    """The read-first answer of a decompose-routed question, and whether it stands."""
+
+    answer: str
+    confidence: float | None
+    accepted: bool
+    citations: list[Citation]
+
+
 class SubAnswer(TypedDict):
     """The answer of one sub-question, with the question as it ran (references resolved)."""
 
@@ -120,6 +129,8 @@ class AgentState(InputState, OutputState, total=False):
     """Answers of the sub-questions run so far."""
     specialist_answer: str
     """What the specialist model answered, when it was asked."""
+    draft: Draft | None
+    """The read-first answer (decompose route), when one was tried."""
     specialist_adapter: str | None
     """The knowledge/custom adapter whose domain matched the question (route step), if any."""
     usage: Annotated[dict[str, int], add_usage]

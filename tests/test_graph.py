@@ -63,8 +63,23 @@ def store(fake_store: KnowledgeStore) -> KnowledgeStore:
 
 
 def make_agent(store: KnowledgeStore, responses: list[str], router: Any, **kw: Any) -> Agent:
-    return Agent(store=store, model=FakeListChatModel(responses=responses), router=router,
+    """An agent over a scripted model; the decompose route skips read-first unless `kw` sets it."""
+    kw.setdefault("read_first", False)
+    model = kw.pop("model", None) or FakeListChatModel(responses=responses)
+    return Agent(store=store, model=model, router=router,
                  checkpoint=kw.pop("checkpoint", False), **kw)
+
+
+class ConfidentFake(FakeListChatModel):
+    """A scripted model that reports a fixed mean token log-probability, as local models do."""
+
+    logprob: float = 0.0
+
+    def _generate(self, messages: Any, stop: Any = None, run_manager: Any = None,
+                  **kwargs: Any) -> Any:
+        result = super()._generate(messages, stop, run_manager, **kwargs)
+        result.generations[0].message.response_metadata["mean_logprob"] = self.logprob
+        return result
 
 
 def nodes(answer: Any) -> list[str]:
@@ -224,7 +239,7 @@ def test_database_down_mid_run_then_thread_resumes(store: KnowledgeStore,
     script = ["1. In which city was Ada Lovelace born?\n2. Which river flows through #1?",
               "London", "River Thames", "River Thames"]
     agent = Agent(store=flaky, model=FakeListChatModel(responses=script),  # type: ignore[arg-type]
-                  router=ScriptedRouter("decompose"), checkpoint=True)
+                  router=ScriptedRouter("decompose"), checkpoint=True, read_first=False)
     thread = f"thread-{collection_name}"
     flaky.down = True
     with pytest.raises(DatabaseError, match="went away"):
@@ -286,3 +301,61 @@ def test_composition_evidence_takes_every_hops_best_paragraphs_first() -> None:
         ["q1", "a1", "b1", "q2", "a2", "a3", "b2"]
     assert evidence_for_composition(docs, [], 5) == []
     assert evidence_for_composition(docs, [["missing"]], 5) == []
+
+
+QUESTION = "Which river flows through the city where Ada Lovelace was born?"
+
+
+def test_a_confident_read_first_answer_skips_decomposition(store: KnowledgeStore) -> None:
+    import math
+
+    model = ConfidentFake(responses=["River Thames"], logprob=math.log(0.9))
+    answer = make_agent(store, [], ScriptedRouter("decompose"), model=model,
+                        read_first=True, read_first_confidence=0.5).ask(QUESTION)
+    assert answer.text == "River Thames"
+    assert nodes(answer) == ["route", "retrieve_links", "read_first", "answer"]
+    read = answer.trace[2]
+    assert read["decision"] == "answer" and read["scores"]["confidence"] == pytest.approx(0.9)
+    assert "read-first answer" in answer.trace[-1]["reason"]
+    assert answer.citations and answer.citations[0]["title"] == "River Thames"
+
+
+def test_an_unsure_read_first_answer_is_set_aside_and_the_question_decomposed(
+        store: KnowledgeStore) -> None:
+    import math
+
+    script = ["Danube",  # the read-first draft, at confidence 0.2
+              "1. In which city was Ada Lovelace born?\n2. Which river flows through #1?",
+              "London", "River Thames", "River Thames"]
+    model = ConfidentFake(responses=script, logprob=math.log(0.2))
+    answer = make_agent(store, [], ScriptedRouter("decompose"), model=model,
+                        read_first=True, read_first_confidence=0.5).ask(QUESTION)
+    assert answer.text == "River Thames"
+    assert nodes(answer) == ["route", "retrieve_links", "read_first", *CHAIN[2:]]
+    assert answer.trace[2]["decision"] == "decompose"
+
+
+def test_a_model_without_confidence_always_decomposes(store: KnowledgeStore) -> None:
+    script = ["Danube", "1. In which city was Ada Lovelace born?\n2. Which river flows through #1?",
+              "London", "River Thames", "River Thames"]
+    answer = make_agent(store, script, ScriptedRouter("decompose"),
+                        read_first=True, read_first_confidence=0.0).ask(QUESTION)
+    assert answer.text == "River Thames"
+    assert answer.trace[2]["node"] == "read_first"
+    assert "confidence unknown" in answer.trace[2]["reason"]
+    assert answer.trace[3]["node"] == "decompose"
+
+
+def test_read_first_routing_is_pure_and_validated() -> None:
+    from ragtune.agents.context import Context
+    from ragtune.graphs import routing
+
+    assert routing.after_links({}, Context(read_first=False)) == "decompose"
+    assert routing.after_links({}, Context()) == "read_first"
+    accepted = {"answer": "x", "confidence": 0.9, "accepted": True, "citations": []}
+    assert routing.after_read_first({"draft": accepted}) == "answer"
+    assert routing.after_read_first({"draft": {**accepted, "accepted": False}}) == "decompose"
+    with pytest.raises(ValueError, match="read-first step did not run"):
+        routing.after_read_first({})
+    with pytest.raises(ConfigError, match="read_first_confidence"):
+        Context(read_first_confidence=1.5)

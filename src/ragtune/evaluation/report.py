@@ -18,7 +18,8 @@ from typing import Any
 CORRECT_F1 = 0.5
 ORACLE_ORDER = (("no-retrieval", "A"), ("rag", "B"), ("multi-step", "C"))
 ROUTE_LABEL = {"retrieve": "B", "decompose": "C", "specialist": "A", "rag": "B",
-               "multi-step": "C", "no-retrieval": "A"}
+               "read-first": "B", "multi-step": "C", "no-retrieval": "A"}
+"""The oracle label each route amounts to (`read-first`: one retrieval, no decomposition)."""
 
 
 def percentile(values: Sequence[float], q: float) -> float | None:

@@ -3,8 +3,9 @@
 - `no-retrieval`: the chat model alone (few-shot `SPECIALIST_PROMPT`, the base model, no adapter).
 - `rag`: one hybrid retrieval, then the reader answers from the paragraphs.
 - `specialist`: a `knowledge` adapter trained on the split's paragraph pool answers alone.
-- `multi-step`: the orchestrator forced to decompose every question (retrieval per sub-question).
-- `adaptive`: the orchestrator with its router.
+- `multi-step`: the orchestrator forced to decompose every question (retrieval per sub-question),
+  with no read-first shortcut.
+- `adaptive`: the orchestrator with its router (and the read-first shortcut on the decompose route).
 - `oracle-router` is not run: the report derives it from the other strategies' results.
 
 Every strategy returns a `Prediction`; model calls and tokens are counted by a LangChain callback
@@ -13,6 +14,7 @@ Every strategy returns a `Prediction`; model calls and tokens are counted by a L
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -167,11 +169,17 @@ def make_strategy(name: str, models: StrategyModels) -> Callable[[QAItem], Predi
         return lambda item: _timed(lambda: ask(item))
     if name in ("multi-step", "adaptive"):
         agent = models.agent_factory(FixedRouter("decompose") if name == "multi-step" else None)
+        if name == "multi-step":
+            # Always decompose: no read-first shortcut.
+            agent.context = dataclasses.replace(agent.context, read_first=False)
 
         def orchestrate(item: QAItem) -> Prediction:
             answer = agent.ask(item.question)
             route = next((e.get("decision", "") for e in answer.trace
                           if e.get("node") == "route"), "")
+            if any(e.get("node") == "read_first" and e.get("decision") == "answer"
+                   for e in answer.trace):
+                route = "read-first"  # decompose-routed, but the read-first answer stood
             titles = [str(c.get("title")) for c in answer.retrieved if c.get("title")]
             return Prediction(answer.text, titles, steps=answer.steps, route=route,
                               exhausted=answer.exhausted)
