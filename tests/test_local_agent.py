@@ -23,7 +23,13 @@ def test_offline_agent_answers_single_and_multi_hop(real_store: KnowledgeStore) 
         assert "london" in single.text.lower()
         assert "Ada Lovelace" in {c["title"] for c in single.citations}
 
-        multi = agent.ask("Which river flows through the city where Ada Lovelace was born?")
+        question = "Which river flows through the city where Ada Lovelace was born?"
+        first = agent.ask(question)  # read-first: the local reader reports its confidence
+        read = next(e for e in first.trace if e["node"] == "read_first")
+        assert 0.0 < read["scores"]["confidence"] <= 1.0
+        assert read["decision"] in ("answer", "decompose")
+
+        multi = agent.ask(question, read_first=False)
         assert multi.trace[0]["decision"] == "decompose"
         nodes = [e["node"] for e in multi.trace]
         assert nodes[:3] == ["route", "retrieve_links", "decompose"] and nodes[-1] == "answer"

@@ -191,6 +191,29 @@ def test_stop_sequence_cuts_text_and_ends_generation_early(runtime: LocalCausalL
     assert completion.finish_reason == "stop"
 
 
+def test_completion_reports_the_mean_log_probability_of_its_tokens(
+        runtime: LocalCausalLM, chat: LocalChatModel) -> None:
+    import torch
+
+    completion = runtime.complete("x:", GenerationSettings(max_new_tokens=5))
+    assert completion.mean_logprob is not None and completion.mean_logprob <= 0.0
+    # Recompute it with one forward pass over prompt + generated tokens.
+    prompt_ids = runtime.tokenizer("x:", return_tensors="pt")["input_ids"]
+    new_ids = runtime.tokenizer(completion.text, add_special_tokens=False,
+                                return_tensors="pt")["input_ids"]
+    ids = torch.cat([prompt_ids, new_ids], dim=1)
+    with torch.no_grad():
+        logits = runtime.model(ids).logits[0].float()
+    start = prompt_ids.shape[1]
+    expected = [float(torch.log_softmax(logits[start - 1 + i], -1)[int(new_ids[0, i])])
+                for i in range(new_ids.shape[1])]
+    assert completion.mean_logprob == pytest.approx(sum(expected) / len(expected), abs=1e-4)
+    # A stop sequence's completing token is left out; the chat model passes the value on.
+    stopped = runtime.complete("x:", GenerationSettings(max_new_tokens=40, stop=("fgh",)))
+    assert stopped.mean_logprob is not None
+    assert chat.invoke(QUESTION).response_metadata["mean_logprob"] <= 0.0
+
+
 def test_chat_stop_argument_and_model_stop_field(chat: LocalChatModel) -> None:
     assert chat.invoke(QUESTION, stop=["d"]).content == "abc"
     assert chat.model_copy(update={"stop": ["g"]}).invoke(QUESTION).content == "abcdef"
