@@ -133,6 +133,16 @@ def test_every_strategy_runs_on_two_questions_and_reports(scripted: Any, tmp_pat
     text = docs.read_text()
     assert "| approach | EM | F1 | p95 latency (s) | cost per query ($) |" in text
     assert "| approach | EM | F1 | steps |" in text and "ragtune bench qa --dataset" in text
+    assert (docs.parent / "img" / "hotpotqa-tune-f1_vs_time.png").is_file()
+    assert "](img/hotpotqa-tune-f1_vs_time.png)" in text
+    # A second dataset adds its own section; rewriting one keeps the other.
+    other = {**report, "settings": {**report["settings"], "dataset": "musique"}}
+    write_docs(other, docs, command="ragtune bench qa --dataset musique ...")
+    write_docs(report, docs, command="ragtune bench qa --dataset hotpotqa --again")
+    text = docs.read_text()
+    assert text.count("## hotpotqa tune") == 1 and text.count("## musique tune") == 1
+    assert "--again" in text and "ragtune bench qa --dataset musique" in text
+    assert text.startswith("# Results")
 
 
 def test_an_interrupted_run_continues_without_redoing_questions(scripted: Any,
