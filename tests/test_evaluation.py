@@ -224,3 +224,15 @@ def test_results_notebook_draws_a_run(scripted: Any, tmp_path: Path,
     run_notebook(NOTEBOOKS / "03_results.ipynb", {**cli_env, "RESULTS_DIR": str(out)})
     assert {p.name for p in out.glob("*.png")} == {"f1_vs_time.png", "routes.png",
                                                   "latency_cdf.png"}
+
+
+def test_failed_questions_are_retried_by_the_next_run(tmp_path: Path) -> None:
+    from ragtune.evaluation.runner import load_cache
+
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    rows = [{"id": "a", "f1": 1.0}, {"id": "b", "f1": 0.0, "error": "RuntimeError: boom"},
+            {"id": "c", "f1": 0.5}, {"id": "c", "f1": 0.0, "error": "OSError: gone"}]
+    (cache / "rag.jsonl").write_text("\n".join(json.dumps(r) for r in rows) + "\n{cut")
+    # b failed, c's latest record failed: both run again; a cut last line is ignored too.
+    assert set(load_cache(tmp_path, "rag")) == {"a"}

@@ -81,6 +81,12 @@ def run_bench_qa(args: argparse.Namespace) -> int:
         print(f"interrupted: finished questions are cached in {args.out}; run the same command "
               "again to continue", file=sys.stderr)
         raise
+    failed = {name: s["errors"] for name, s in report["strategies"].items() if s.get("errors")}
+    if failed:
+        print("warning: questions failed and were scored 0 ("
+              + ", ".join(f"{name}: {count}" for name, count in failed.items())
+              + f"); see 'error' in {args.out}/predictions.jsonl. Run the same command again to "
+              "retry them.", file=sys.stderr)
     if args.docs:
         write_docs(report, Path(args.docs), command=command)
     if args.json:

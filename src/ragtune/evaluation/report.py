@@ -138,7 +138,11 @@ def build_report(results: Mapping[str, Mapping[str, dict[str, Any]]], settings: 
         report["adaptive_vs_multi_step"] = {
             "f1_ratio": round((adaptive["f1"] or 0) / multi["f1"], 4),
             "time_ratio": round(adaptive["time_per_question_s"] / multi["time_per_question_s"],
-                                4)}
+                                4),
+            "steps_ratio": round((adaptive.get("steps") or 0) / (multi.get("steps") or 1), 4)}
+        if adaptive.get("cpu_s_per_question") and multi.get("cpu_s_per_question"):
+            report["adaptive_vs_multi_step"]["cpu_ratio"] = round(
+                adaptive["cpu_s_per_question"] / multi["cpu_s_per_question"], 4)
     return report
 
 
@@ -172,7 +176,14 @@ def markdown(report: Mapping[str, Any]) -> str:
     ratio = report.get("adaptive_vs_multi_step")
     if ratio:
         lines.append(f"Adaptive reaches {ratio['f1_ratio']:.1%} of multi-step F1 at "
-                     f"{ratio['time_ratio']:.1%} of its time per question.")
+                     f"{ratio['time_ratio']:.1%} of its time per question"
+                     + (f", {ratio['cpu_ratio']:.1%} of its CPU-seconds"
+                        if "cpu_ratio" in ratio else "")
+                     + f" and {ratio['steps_ratio']:.1%} of its steps.")
+    failed = {name: r["errors"] for name, r in rows.items() if r.get("errors")}
+    if failed:
+        lines.append("Questions that failed (scored 0; rerun to retry): "
+                     + ", ".join(f"{name} {count}" for name, count in failed.items()) + ".")
     return "\n".join(lines) + "\n"
 
 

@@ -47,7 +47,11 @@ def check_run_settings(out_dir: Path, settings: dict[str, Any], *, fresh: bool) 
 
 
 def load_cache(out_dir: Path, strategy: str) -> dict[str, dict[str, Any]]:
-    """Return the cached per-question results of `strategy`, by question id."""
+    """Return the cached per-question results of `strategy`, by question id.
+
+    A question whose latest record is an error is left out, so the next run retries it (the
+    failure may have been transient, or fixed since).
+    """
     path = out_dir / "cache" / f"{strategy}.jsonl"
     rows: dict[str, dict[str, Any]] = {}
     if path.is_file():
@@ -56,7 +60,10 @@ def load_cache(out_dir: Path, strategy: str) -> dict[str, dict[str, Any]]:
                 row = json.loads(line)
             except json.JSONDecodeError:
                 continue  # a line cut by a kill: that question runs again
-            rows[row["id"]] = row
+            if row.get("error"):
+                rows.pop(row["id"], None)
+            else:
+                rows[row["id"]] = row
     return rows
 
 
