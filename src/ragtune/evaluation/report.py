@@ -135,14 +135,15 @@ def build_report(results: Mapping[str, Mapping[str, dict[str, Any]]], settings: 
               "router_accuracy": router_accuracy(results, oracle)}
     adaptive, multi = strategies.get("adaptive"), strategies.get("multi-step")
     if adaptive and multi and multi.get("f1") and multi.get("time_per_question_s"):
-        report["adaptive_vs_multi_step"] = {
+        ratios: dict[str, float] = {
             "f1_ratio": round((adaptive["f1"] or 0) / multi["f1"], 4),
             "time_ratio": round(adaptive["time_per_question_s"] / multi["time_per_question_s"],
                                 4),
             "steps_ratio": round((adaptive.get("steps") or 0) / (multi.get("steps") or 1), 4)}
         if adaptive.get("cpu_s_per_question") and multi.get("cpu_s_per_question"):
-            report["adaptive_vs_multi_step"]["cpu_ratio"] = round(
+            ratios["cpu_ratio"] = round(
                 adaptive["cpu_s_per_question"] / multi["cpu_s_per_question"], 4)
+        report["adaptive_vs_multi_step"] = ratios
     return report
 
 
