@@ -89,6 +89,10 @@ def _usage(message: Any) -> dict[str, int]:
     return {k: int(meta.get(k, 0)) for k in ("input_tokens", "output_tokens") if k in meta}
 
 
+def _text(message: Any) -> str:
+    return message.content if isinstance(message.content, str) else str(message.content)
+
+
 def _confidence(message: Any) -> float | None:
     """exp(mean token log-probability) from a local model's reply metadata, else None."""
     logprob = (getattr(message, "response_metadata", None) or {}).get("mean_logprob")
@@ -119,7 +123,7 @@ def answer_from_documents(
     else:
         reply = _complete(model, prompt.format(context=format_context(documents),
                                                question=question.strip()), max_tokens)
-    raw = reply.content if isinstance(reply.content, str) else str(reply.content)
+    raw = _text(reply)
     text = clean_answer(raw)
     return AnswerResult(text, cite(text, raw, documents), raw, _usage(reply), _confidence(reply))
 
@@ -167,7 +171,7 @@ def compose_answer(
         lines = "\n".join(f"{q} {a}" for q, a in facts)
         reply = _complete(model, prompt.format(facts=lines, question=question.strip()),
                           max_tokens)
-        raw = reply.content if isinstance(reply.content, str) else str(reply.content)
+        raw = _text(reply)
         usage = _usage(reply)
         text = clean_answer(raw)
     if not text and facts:

@@ -304,9 +304,9 @@ class LocalCausalLM:
             count -= 1
         if count == 0 or len(scores) < count:
             return None
-        logprobs = [float(torch.log_softmax(scores[i][0].float(), dim=-1)[ids[i]])
-                    for i in range(count)]
-        return sum(logprobs) / count
+        logits = torch.stack([step[0] for step in scores[:count]]).float()
+        chosen = torch.log_softmax(logits, dim=-1)[torch.arange(count), torch.tensor(ids[:count])]
+        return float(chosen.mean())
 
     def complete_batch(self, prompts: Sequence[str], settings: GenerationSettings,
                        adapter: str | None = None) -> list[Completion]:
