@@ -8,6 +8,7 @@ the gold answer, so retrieval quality decides the score. No gemma weights needed
 from __future__ import annotations
 
 import json
+import math
 import re
 import subprocess
 from pathlib import Path
@@ -76,10 +77,13 @@ class AnswerIfPresent(BaseChatModel):
         else:
             tail = prompt.rsplit("<context>", 1)[-1] if "<context>" in prompt else prompt[-200:]
             text = next((a for a in self.answers if a.lower() in tail.lower()), "unknown")
+        # Local models report their answer's mean token log-probability: sure when it found one.
+        logprob = math.log(0.3 if text == "unknown" else 0.9)
         return ChatResult(generations=[ChatGeneration(message=AIMessage(
             content=text, usage_metadata={"input_tokens": len(prompt.split()),
                                           "output_tokens": len(text.split()),
-                                          "total_tokens": 0}))])
+                                          "total_tokens": 0},
+            response_metadata={"mean_logprob": logprob}))])
 
 
 @pytest.fixture
@@ -236,3 +240,35 @@ def test_failed_questions_are_retried_by_the_next_run(tmp_path: Path) -> None:
     (cache / "rag.jsonl").write_text("\n".join(json.dumps(r) for r in rows) + "\n{cut")
     # b failed, c's latest record failed: both run again; a cut last line is ignored too.
     assert set(load_cache(tmp_path, "rag")) == {"a"}
+
+
+def test_read_first_threshold_is_applied_recorded_and_replayable(scripted: Any,
+                                                                 tmp_path: Path) -> None:
+    from ragtune.evaluation.threshold import sweep_read_first
+
+    models, _ = scripted
+    runs = {}
+    for threshold in (0.0, 1.0):
+        config = QABenchConfig(dataset="hotpotqa", split="tune", limit=2, progress=False,
+                               out_dir=tmp_path / f"t{threshold}", read_first_confidence=threshold,
+                               strategies=["adaptive", "multi-step"])
+        run_qa_bench(config, models=models)
+        runs[threshold] = load_cache(config.out_dir, "adaptive")
+        assert json.loads((config.out_dir / "run.json").read_text())["read_first_confidence"] \
+            == threshold
+    drafted = [q for q, r in runs[0.0].items() if r["confidence"] is not None]
+    assert drafted, "the rules router should send a HotpotQA question to decompose"
+    assert all(runs[0.0][q]["route"] == "read-first" for q in drafted)  # every draft stands
+    assert all(runs[1.0][q]["route"] == "decompose" for q in drafted)   # no draft is sure enough
+    assert all(runs[1.0][q]["confidence"] == pytest.approx(runs[0.0][q]["confidence"])
+               for q in drafted)
+    multi = load_cache(tmp_path / "t0.0", "multi-step")
+    assert all(r["confidence"] is None for r in multi.values())  # multi-step never drafts
+    replay = {r["threshold"]: r for r in sweep_read_first(runs[0.0], multi, [0.0, 1.0])}
+    assert replay[0.0]["f1"] == pytest.approx(sum(r["f1"] for r in runs[0.0].values()) / 2)
+    assert replay[1.0]["read_first"] == 0.0
+    with pytest.raises(InputError, match="between 0 and 1"):
+        run_qa_bench(QABenchConfig(dataset="hotpotqa", split="tune", limit=2,
+                                   out_dir=tmp_path / "bad", read_first_confidence=1.5),
+                     models=models)
+    assert not (tmp_path / "bad").exists()

@@ -32,6 +32,10 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
     q.add_argument("--policy", default="classifier", choices=("classifier", "llm", "rules"),
                    help="routing policy of the adaptive strategy")
     q.add_argument("-k", type=int, default=5, help="paragraphs per retrieval")
+    q.add_argument("--read-first-confidence", type=float, default=None, metavar="P",
+                   help="adaptive strategy: reader confidence at which a read-first answer stands "
+                        "(default: the Context default; tune it on --split tune with "
+                        "bench/tune_read_first.py)")
     q.add_argument("--workers", type=int, default=1, help="questions in parallel")
     q.add_argument("--out", required=True, metavar="DIR", help="output folder (also the cache)")
     q.add_argument("--data-dir", default=None, help="shared data folder "
@@ -68,7 +72,8 @@ def run_bench_qa(args: argparse.Namespace) -> int:
     config = QABenchConfig(
         dataset=args.dataset, split=args.split, out_dir=Path(args.out), limit=args.limit,
         strategies=args.strategies, model=args.model, routing_policy=args.policy, k=args.k,
-        workers=args.workers, data_dir=Path(args.data_dir) if args.data_dir else None,
+        read_first_confidence=args.read_first_confidence, workers=args.workers,
+        data_dir=Path(args.data_dir) if args.data_dir else None,
         database_url=args.database_url, collection=args.collection,
         specialist_adapter=args.specialist_adapter, specialist_epochs=args.specialist_epochs,
         specialist_max_steps=args.specialist_max_steps, cpu_hour_usd=args.cpu_hour_usd,

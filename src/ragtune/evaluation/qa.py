@@ -11,6 +11,7 @@ plots into the output folder.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import time
@@ -44,6 +45,8 @@ class QABenchConfig:
     model: str = "local:gemma-3-270m"
     routing_policy: str = "classifier"
     k: int = 5
+    read_first_confidence: float | None = None
+    """The adaptive strategy's read-first threshold (None: the `Context` default)."""
     workers: int = 1
     data_dir: Path | None = None
     database_url: str | None = None
@@ -85,18 +88,25 @@ def run_qa_bench(config: QABenchConfig, *, models: StrategyModels | None = None,
 
     strategies = config.strategy_list()
     check_model_spec(config.model)
+    if config.read_first_confidence is not None and not 0.0 <= config.read_first_confidence <= 1:
+        raise InputError("The read-first confidence must be between 0 and 1, got "
+                         f"{config.read_first_confidence}.")
     questions = load_split(config.dataset, config.split, limit=config.limit,
                            folder=config.data_dir)
     settings = {"dataset": config.dataset, "split": config.split, "questions": len(questions),
                 "model": config.model, "routing_policy": config.routing_policy, "k": config.k,
                 "ids_sha256": hashlib.sha256("\n".join(q.id for q in questions).encode())
                 .hexdigest()}
+    if config.read_first_confidence is not None:
+        settings["read_first_confidence"] = config.read_first_confidence
     out_dir = Path(config.out_dir)
     check_run_settings(out_dir, settings, fresh=config.fresh)
     update_costs: dict[str, Any] = {}
     database = None
     if models is None:
         models, database, update_costs = _default_models(config, questions, strategies, out_dir)
+    if config.read_first_confidence is not None:
+        models = dataclasses.replace(models, read_first_confidence=config.read_first_confidence)
     try:
         results = {}
         for name in strategies:

@@ -48,6 +48,8 @@ class Prediction:
     latency_s: float = 0.0
     cpu_s: float = 0.0
     exhausted: bool = False
+    confidence: float | None = None
+    """The reader's confidence in its read-first answer, when that step ran (accepted or not)."""
 
 
 class ModelCallCounter(BaseCallbackHandler):
@@ -125,6 +127,8 @@ class StrategyModels:
     agent_factory: Callable[[Any], Any]
     """Makes an `Agent` with a router (None: the configured one)."""
     k: int = 5
+    read_first_confidence: float | None = None
+    """The adaptive strategy's read-first threshold (None: the agent's own)."""
 
 
 def _timed(run: Callable[[], Prediction]) -> Prediction:
@@ -172,6 +176,9 @@ def make_strategy(name: str, models: StrategyModels) -> Callable[[QAItem], Predi
         if name == "multi-step":
             # Always decompose: no read-first shortcut.
             agent.context = dataclasses.replace(agent.context, read_first=False)
+        elif models.read_first_confidence is not None:
+            agent.context = dataclasses.replace(
+                agent.context, read_first_confidence=models.read_first_confidence)
 
         def orchestrate(item: QAItem) -> Prediction:
             answer = agent.ask(item.question)
@@ -180,8 +187,10 @@ def make_strategy(name: str, models: StrategyModels) -> Callable[[QAItem], Predi
             if any(e.get("node") == "read_first" and e.get("decision") == "answer"
                    for e in answer.trace):
                 route = "read-first"  # decompose-routed, but the read-first answer stood
+            confidence = next((e.get("scores", {}).get("confidence") for e in answer.trace
+                               if e.get("node") == "read_first"), None)
             titles = [str(c.get("title")) for c in answer.retrieved if c.get("title")]
             return Prediction(answer.text, titles, steps=answer.steps, route=route,
-                              exhausted=answer.exhausted)
+                              exhausted=answer.exhausted, confidence=confidence)
         return lambda item: _timed(lambda: orchestrate(item))
     raise ValueError(f"unknown strategy {name!r}")
