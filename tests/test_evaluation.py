@@ -125,6 +125,7 @@ def test_every_strategy_runs_on_two_questions_and_reports(scripted: Any, tmp_pat
                                               ("no-retrieval", "rag", "multi-step"))
     assert report["router_accuracy"]["questions"] == 2
     assert report["adaptive_vs_multi_step"]["time_ratio"] > 0
+    assert set(report["adaptive_compared"]) == {"multi-step", "rag", "specialist", "no-retrieval"}
     for name in ("results", "markdown", "predictions", "f1_vs_time", "routes", "latency_cdf"):
         assert Path(report["outputs"][name]).is_file()
     assert Path(report["outputs"]["f1_vs_time"]).read_bytes()[:4] == b"\x89PNG"
@@ -137,6 +138,7 @@ def test_every_strategy_runs_on_two_questions_and_reports(scripted: Any, tmp_pat
     text = docs.read_text()
     assert "| approach | EM | F1 | p95 latency (s) | cost per query ($) |" in text
     assert "| approach | EM | F1 | steps |" in text and "ragtune bench qa --dataset" in text
+    assert "| peer | F1 difference | 95% interval |" in text
     assert (docs.parent / "img" / "hotpotqa-tune-f1_vs_time.png").is_file()
     assert "](img/hotpotqa-tune-f1_vs_time.png)" in text
     # A second dataset adds its own section; rewriting one keeps the other.
@@ -272,3 +274,24 @@ def test_read_first_threshold_is_applied_recorded_and_replayable(scripted: Any,
                                    out_dir=tmp_path / "bad", read_first_confidence=1.5),
                      models=models)
     assert not (tmp_path / "bad").exists()
+
+
+def test_paired_bootstrap_intervals_on_hand_checked_cases() -> None:
+    from ragtune.evaluation.report import compare_adaptive, paired_bootstrap
+
+    same = paired_bootstrap([0.2, 1.0, 0.5], [0.2, 1.0, 0.5])
+    assert same == {"diff_ci95": [0.0, 0.0], "ratio_ci95": [1.0, 1.0]}
+    shifted = paired_bootstrap([1.0, 2.0, 3.0], [0.0, 1.0, 2.0])  # paired: always +1
+    assert shifted["diff_ci95"] == [1.0, 1.0]
+    assert paired_bootstrap([1.0, 0.0], [0.0, 1.0])["ratio_ci95"] is None  # some mean(b) is 0
+    spread = paired_bootstrap([1.0] * 10 + [0.0] * 10, [0.0] * 20, resamples=500)
+    assert spread["diff_ci95"][0] < 0.5 < spread["diff_ci95"][1]
+    with pytest.raises(ValueError, match="equally long"):
+        paired_bootstrap([1.0], [])
+    results = {"adaptive": {"a": {"f1": 1.0, "latency_s": 1.0}, "b": {"f1": 0.0, "latency_s": 1.0}},
+               "multi-step": {"a": {"f1": 1.0, "latency_s": 4.0},
+                              "b": {"f1": 1.0, "latency_s": 4.0}}}
+    compared = compare_adaptive(results)
+    assert compared["multi-step"]["f1_ratio"] == 0.5
+    assert compared["multi-step"]["time_ratio_ci95"] == [0.25, 0.25]
+    assert set(compared) == {"multi-step"}

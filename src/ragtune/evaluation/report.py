@@ -4,11 +4,16 @@ The `oracle-router` row is derived here: for each question it takes the cheapest
 `rag` and `multi-step` (in that order) that answered correctly (F1 >= 0.5), else `multi-step`, as
 Adaptive-RAG's oracle classifier does; its labels (A no retrieval, B single-step, C multi-step) also
 score the adaptive router's first decision.
+
+Comparisons of `adaptive` with its peers carry 95% intervals from a paired bootstrap over questions
+(`paired_bootstrap`): the same resampled questions for both strategies, so that a difference of a
+few questions on a few hundred is not read as a result.
 """
 
 from __future__ import annotations
 
 import json
+import random
 import shutil
 import statistics
 from collections import Counter, defaultdict
@@ -118,6 +123,60 @@ def router_accuracy(results: Mapping[str, Mapping[str, dict[str, Any]]],
             "confusion_oracle_to_router": dict(confusion)}
 
 
+def paired_bootstrap(a: Sequence[float], b: Sequence[float], *, resamples: int = 2000,
+                     seed: int = 0) -> dict[str, list[float] | None]:
+    """95% percentile intervals of mean(a) - mean(b) and mean(a) / mean(b), paired by question.
+
+    `a[i]` and `b[i]` belong to the same question; each resample draws questions with replacement.
+    The ratio interval is None when some resample has mean(b) == 0.
+    """
+    if len(a) != len(b) or not a:
+        raise ValueError("paired_bootstrap needs two equally long, non-empty sequences")
+    rng = random.Random(seed)
+    n = len(a)
+    diffs, ratios = [], []
+    for _ in range(resamples):
+        picks = [rng.randrange(n) for _ in range(n)]
+        sum_a, sum_b = sum(a[i] for i in picks), sum(b[i] for i in picks)
+        diffs.append((sum_a - sum_b) / n)
+        ratios.append(sum_a / sum_b if sum_b else None)
+    diffs.sort()
+    lo, hi = int(0.025 * resamples), int(0.975 * resamples) - 1
+    ratio_ci = None
+    if all(r is not None for r in ratios):
+        ordered = sorted(r for r in ratios if r is not None)
+        ratio_ci = [round(ordered[lo], 4), round(ordered[hi], 4)]
+    return {"diff_ci95": [round(diffs[lo], 4), round(diffs[hi], 4)], "ratio_ci95": ratio_ci}
+
+
+def compare_adaptive(results: Mapping[str, Mapping[str, dict[str, Any]]]) -> dict[str, Any]:
+    """Adaptive against each peer on their shared questions: F1 difference and ratio, with CIs."""
+    adaptive = results.get("adaptive")
+    comparisons: dict[str, Any] = {}
+    if not adaptive:
+        return comparisons
+    for peer in ("multi-step", "rag", "specialist", "no-retrieval"):
+        rows = results.get(peer)
+        if not rows:
+            continue
+        ids = [q for q in adaptive if q in rows]
+        if not ids:
+            continue
+        a = [float(adaptive[q]["f1"]) for q in ids]
+        b = [float(rows[q]["f1"]) for q in ids]
+        mean_a, mean_b = sum(a) / len(a), sum(b) / len(b)
+        entry: dict[str, Any] = {"questions": len(ids), "f1_diff": round(mean_a - mean_b, 4),
+                                 "f1_ratio": round(mean_a / mean_b, 4) if mean_b else None}
+        f1 = paired_bootstrap(a, b)
+        entry["f1_diff_ci95"], entry["f1_ratio_ci95"] = f1["diff_ci95"], f1["ratio_ci95"]
+        if peer == "multi-step":
+            time = paired_bootstrap([float(adaptive[q]["latency_s"]) for q in ids],
+                                    [float(rows[q]["latency_s"]) for q in ids])
+            entry["time_ratio_ci95"] = time["ratio_ci95"]
+        comparisons[peer] = entry
+    return comparisons
+
+
 def build_report(results: Mapping[str, Mapping[str, dict[str, Any]]], settings: Mapping[str, Any],
                  *, costs: Mapping[str, Mapping[str, Any]],
                  update_costs: Mapping[str, Any]) -> dict[str, Any]:
@@ -144,6 +203,7 @@ def build_report(results: Mapping[str, Mapping[str, dict[str, Any]]], settings: 
             ratios["cpu_ratio"] = round(
                 adaptive["cpu_s_per_question"] / multi["cpu_s_per_question"], 4)
         report["adaptive_vs_multi_step"] = ratios
+    report["adaptive_compared"] = compare_adaptive(results)
     return report
 
 
@@ -181,6 +241,19 @@ def markdown(report: Mapping[str, Any]) -> str:
                      + (f", {ratio['cpu_ratio']:.1%} of its CPU-seconds"
                         if "cpu_ratio" in ratio else "")
                      + f" and {ratio['steps_ratio']:.1%} of its steps.")
+    compared = report.get("adaptive_compared") or {}
+    if compared:
+        lines += ["", "Adaptive against each peer on the same questions (95% intervals from a "
+                      "paired bootstrap over questions):", "",
+                  "| peer | F1 difference | 95% interval | F1 ratio | 95% interval |",
+                  "|---|---|---|---|---|"]
+        for peer, c in compared.items():
+            lines.append(f"| {peer} | {c['f1_diff']:+.3f} | {_interval(c['f1_diff_ci95'])} | "
+                         f"{_pct(c['f1_ratio'])} | {_interval(c['f1_ratio_ci95'], pct=True)} |")
+        multi = compared.get("multi-step", {})
+        if multi.get("time_ratio_ci95"):
+            lines.append(f"\nTime per question against multi-step: 95% interval "
+                         f"{_interval(multi['time_ratio_ci95'], pct=True)}.")
     failed = {name: r["errors"] for name, r in rows.items() if r.get("errors")}
     if failed:
         lines.append("Questions that failed (scored 0; rerun to retry): "
@@ -306,6 +379,18 @@ def _save(figure: Any, path: Path, plt: Any) -> Path:
     figure.savefig(path)
     plt.close(figure)
     return path
+
+
+def _pct(value: float | None) -> str:
+    return "-" if value is None else f"{value:.1%}"
+
+
+def _interval(bounds: Sequence[float] | None, *, pct: bool = False) -> str:
+    if not bounds:
+        return "-"
+    if pct:
+        return f"{bounds[0]:.1%} to {bounds[1]:.1%}"
+    return f"{bounds[0]:+.3f} to {bounds[1]:+.3f}"
 
 
 def _round(value: float | None) -> float | None:
