@@ -204,6 +204,9 @@ def build_report(results: Mapping[str, Mapping[str, dict[str, Any]]], settings: 
                 adaptive["cpu_s_per_question"] / multi["cpu_s_per_question"], 4)
         report["adaptive_vs_multi_step"] = ratios
     report["adaptive_compared"] = compare_adaptive(results)
+    exact = report["adaptive_compared"].get("multi-step", {}).get("f1_ratio")
+    if "adaptive_vs_multi_step" in report and exact is not None:
+        report["adaptive_vs_multi_step"]["f1_ratio"] = exact  # from unrounded means
     return report
 
 
