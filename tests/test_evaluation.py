@@ -139,10 +139,10 @@ def test_every_strategy_runs_on_two_questions_and_reports(scripted: Any, tmp_pat
     assert "| approach | EM | F1 | p95 latency (s) | cost per query ($) |" in text
     assert "| approach | EM | F1 | steps |" in text and "ragtune bench qa --dataset" in text
     assert "| peer | F1 difference | 95% interval |" in text
-    assert (docs.parent / "img" / "hotpotqa-tune-f1_vs_time.png").is_file()
-    assert "](img/hotpotqa-tune-f1_vs_time.png)" in text
-    # A second dataset adds its own section; rewriting one keeps the other.
-    other = {**report, "settings": {**report["settings"], "dataset": "musique"}}
+    assert (docs.parent / "img" / "run-f1_vs_time.png").is_file()  # keyed by the output folder
+    assert "](img/run-f1_vs_time.png)" in text and "## hotpotqa tune (run)" in text
+    # Another run adds its own section; rewriting one keeps the other.
+    other = {**report, "settings": {**report["settings"], "dataset": "musique"}, "outputs": {}}
     write_docs(other, docs, command="ragtune bench qa --dataset musique ...")
     write_docs(report, docs, command="ragtune bench qa --dataset hotpotqa --again")
     text = docs.read_text()
