@@ -200,6 +200,8 @@ def test_oracle_takes_the_cheapest_correct_strategy() -> None:
     (["--dataset", "hotpotqa", "--split", "tune", "--limit", "5000"], 3, "larger than"),
     (["--dataset", "hotpotqa", "--split", "tune", "--strategies", "magic"], 3,
      "Unknown strategy 'magic'"),
+    (["--dataset", "hotpotqa", "--split", "tune", "--read-first-confidence", "1.5"], 3,
+     "between 0 and 1"),
     (["--dataset", "hotpotqa", "--split", "tune", "--model", "openai:gpt-4o-mini"], 2,
      r"needs an API key|Install langchain-openai"),
     (["--dataset", "hotpotqa", "--split", "tune", "--data-dir", "/nonexistent-data"], 2,
