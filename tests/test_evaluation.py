@@ -194,6 +194,8 @@ def test_oracle_takes_the_cheapest_correct_strategy() -> None:
                "multi-step": {"a": row(1.0), "b": row(0.0), "c": row(0.2)}}
     oracle = oracle_rows(results)
     assert {q: r["oracle_label"] for q, r in oracle.items()} == {"a": "B", "b": "A", "c": "C"}
+    # Without multi-step there is no C to label: no oracle rather than a weaker one.
+    assert oracle_rows({k: v for k, v in results.items() if k != "multi-step"}) == {}
 
 
 @pytest.mark.parametrize(("args", "code", "message"), [
