@@ -21,19 +21,14 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from store import md_table  # bench/store.py, a sibling script
+
 REPO = Path(__file__).resolve().parents[1]
 
 
 def _table(rows: list[dict[str, Any]], columns: list[str]) -> str:
-    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
-    for row in rows:
-        cells = []
-        for column in columns:
-            value = row.get(column)
-            cells.append("-" if value is None else f"{value:.3f}" if isinstance(value, float)
-                         else str(value))
-        lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines)
+    return md_table(columns, [["-" if row.get(c) is None else row[c] for c in columns]
+                              for row in rows])
 
 
 def main(argv: list[str] | None = None) -> int:

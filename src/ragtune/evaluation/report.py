@@ -138,19 +138,20 @@ def paired_bootstrap(a: Sequence[float], b: Sequence[float], *, resamples: int =
         raise ValueError("paired_bootstrap needs two equally long, non-empty sequences")
     rng = random.Random(seed)
     n = len(a)
-    diffs, ratios = [], []
+    diffs, ratios, undefined = [], [], False
     for _ in range(resamples):
         picks = [rng.randrange(n) for _ in range(n)]
         sum_a, sum_b = sum(a[i] for i in picks), sum(b[i] for i in picks)
         diffs.append((sum_a - sum_b) / n)
-        ratios.append(sum_a / sum_b if sum_b else None)
-    diffs.sort()
+        if sum_b:
+            ratios.append(sum_a / sum_b)
+        else:
+            undefined = True
     lo, hi = int(0.025 * resamples), int(0.975 * resamples) - 1
-    ratio_ci = None
-    if all(r is not None for r in ratios):
-        ordered = sorted(r for r in ratios if r is not None)
-        ratio_ci = [round(ordered[lo], 4), round(ordered[hi], 4)]
-    return {"diff_ci95": [round(diffs[lo], 4), round(diffs[hi], 4)], "ratio_ci95": ratio_ci}
+    diffs.sort()
+    ratios.sort()
+    return {"diff_ci95": [round(diffs[lo], 4), round(diffs[hi], 4)],
+            "ratio_ci95": None if undefined else [round(ratios[lo], 4), round(ratios[hi], 4)]}
 
 
 def compare_adaptive(results: Mapping[str, Mapping[str, dict[str, Any]]]) -> dict[str, Any]:
