@@ -181,6 +181,54 @@ def test_upsert_sources_is_idempotent_and_replaces(fake_store: KnowledgeStore) -
     assert doc.title == "Doc" and doc.source == "doc"
 
 
+def test_metadata_comes_back_exactly_as_written(fake_store: KnowledgeStore) -> None:
+    """The store adds, drops and retypes no key; its columns are filled from the metadata."""
+    meta = {"id": 7, "chunk_index": 3, "source": "s", "title": "T", "tags": ["a"], "n": None}
+    fake_store.add_texts(["with keys", "without keys"], [meta, {"lang": "en"}], ids=["a", "b"])
+    got = {d.id: d.metadata for d in fake_store.get_by_ids(["a", "b"])}
+    assert got == {"a": meta, "b": {"lang": "en"}}
+    hits = {h.id: h for h in fake_store.retrieve("keys", 2, mode="dense")}
+    assert (hits["a"].source, hits["a"].title) == ("s", "T")
+    assert (hits["b"].source, hits["b"].title) == ("", None)
+    assert fake_store.retrieve("keys", 2, mode="text", filter={"id": 7})[0].id == "a"
+    assert fake_store.titles_mentioned(["T is named here"], min_length=1) == ["T"]
+
+
+def test_ingested_chunks_carry_source_and_title(fake_store: KnowledgeStore) -> None:
+    fake_store.upsert_sources([SourceChunks("ada.txt", ["Ada was born in London."],
+                                            title="Ada Lovelace", metadata={"lang": "en"}),
+                               SourceChunks("untitled.txt", ["No title here."])])
+    docs = {d.page_content: d.metadata for d in
+            fake_store.similarity_search("x", k=5, mode="dense")}
+    assert docs == {"Ada was born in London.": {"lang": "en", "source": "ada.txt",
+                                                "title": "Ada Lovelace"},
+                    "No title here.": {"source": "untitled.txt"}}
+    hits = fake_store.retrieve("born", 5, mode="hybrid", filter={"title": "Ada Lovelace"})
+    assert [h.source for h in hits] == ["ada.txt"]
+
+
+def test_migration_gives_old_rows_their_source_and_title(fake_store: KnowledgeStore) -> None:
+    """Rows written before schema version 3 kept source and title only in their columns."""
+    from ragtune.tools.schema import MIGRATIONS
+
+    fake_store.upsert_sources([SourceChunks("old.txt", ["an old chunk"], title="Old")])
+    fake_store.add_texts(["a user row"], [{"k": 1}], ids=["u"])
+    with fake_store.database.pool.connection() as conn, conn.transaction():
+        conn.execute(f'UPDATE "{fake_store.table}" SET metadata = metadata - \'source\''
+                     " - 'title'")
+        conn.execute(MIGRATIONS[2].sql.encode())
+    docs = {d.page_content: d.metadata for d in
+            fake_store.similarity_search("x", k=5, mode="dense")}
+    assert docs == {"an old chunk": {"source": "old.txt", "title": "Old"},
+                    "a user row": {"k": 1}}
+    # BM25 statistics stay exact through the migration's UPDATE (the triggers saw it).
+    with fake_store.database.pool.connection() as conn:
+        stats = conn.execute("SELECT docs FROM ragtune_text_stats WHERE table_name = %s",
+                             (fake_store.table,)).fetchone()
+    assert stats == (2,)
+    assert fake_store.retrieve("old chunk", 1, mode="text")[0].title == "Old"
+
+
 def test_dimension_or_model_mismatch_is_an_error(database, collection_name) -> None:  # type: ignore[no-untyped-def]
     store = KnowledgeStore(database, DeterministicFakeEmbedding(size=16), collection_name)
     try:

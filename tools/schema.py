@@ -117,6 +117,32 @@ MIGRATIONS: tuple[Migration, ...] = (
         SELECT ragtune_attach_text_stats(table_name) FROM ragtune_collections;
         """,
     ),
+    Migration(
+        3,
+        "chunk metadata names its source and title, as the store now writes it",
+        # Before this version the store moved `source` and `title` out of the metadata into their
+        # columns (and handed them back on read). Now the metadata is kept as written, and
+        # ingestion puts source and title in it; give older rows the keys they used to show.
+        # An empty source or a NULL title was the column default, never a value given.
+        """
+        DO $$
+        DECLARE tbl text;
+        BEGIN
+            FOR tbl IN SELECT table_name FROM ragtune_collections ORDER BY table_name LOOP
+                EXECUTE format(
+                    'UPDATE %I SET metadata = metadata'
+                    ' || CASE WHEN source <> %L AND NOT metadata ? %L'
+                    '         THEN jsonb_build_object(%L, source) ELSE %L::jsonb END'
+                    ' || CASE WHEN title IS NOT NULL AND NOT metadata ? %L'
+                    '         THEN jsonb_build_object(%L, title) ELSE %L::jsonb END'
+                    ' WHERE (source <> %L AND NOT metadata ? %L)'
+                    '    OR (title IS NOT NULL AND NOT metadata ? %L)',
+                    tbl, '', 'source', 'source', '{}', 'title', 'title', '{}',
+                    '', 'source', 'title');
+            END LOOP;
+        END $$;
+        """,
+    ),
 )
 SCHEMA_VERSION = MIGRATIONS[-1].version
 

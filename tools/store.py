@@ -108,9 +108,13 @@ class SearchHit:
     metadata: dict[str, Any]
 
     def to_document(self) -> Document:
-        """Return the hit as a LangChain `Document` (id, source and title in its metadata)."""
-        meta = {**self.metadata, "id": self.id, "source": self.source, "title": self.title}
-        return Document(id=self.id, page_content=self.text, metadata=meta)
+        """Return the hit as a LangChain `Document` whose metadata is exactly what was written.
+
+        Chunks written by ingestion (`upsert_sources`) carry `source` and `title` in it; chunks
+        written through `add_texts` carry the caller's dict, untouched. The hit's own `title` and
+        `source` attributes are the columns, set for every chunk.
+        """
+        return Document(id=self.id, page_content=self.text, metadata=dict(self.metadata))
 
     def to_json(self) -> dict[str, Any]:
         """Return the hit in the CLI's JSON shape."""
@@ -341,7 +345,9 @@ class KnowledgeStore(VectorStore):
 
         An id given (argument or `Document.id`) is kept; otherwise the id derives from the
         collection, the `source` metadata and the text, so adding the same text twice is a no-op.
-        A row whose id exists is overwritten. `source` and `title` metadata fill those columns.
+        A row whose id exists is overwritten. The metadata is stored exactly as given (and comes
+        back so); its `source`, `title` and `chunk_index` keys, when present, also fill those
+        columns (used for ids, BM25 over titles, link following and replacing sources).
         Each `batch_size` rows are one transaction; a large first batch into a small collection is
         a bulk write (see `_write_rows`).
         """
@@ -360,14 +366,10 @@ class KnowledgeStore(VectorStore):
                 if not isinstance(text, str):
                     raise InputError(f"Document text must be a string, not {type(text).__name__}")
                 meta = dict(meta or {})
-                source = str(meta.pop("source", "") or "")
-                title = meta.pop("title", None)
-                chunk_index = int(meta.pop("chunk_index", 0) or 0)
-                meta.pop("id", None)
+                source, title, chunk_index = _columns_of(meta)
                 row_id = str(given) if given else chunk_id(self.collection, source, text)
                 out_ids.append(row_id)
-                rows.append((row_id, source, chunk_index, None if title is None else str(title),
-                             text, Jsonb(meta), vector))
+                rows.append((row_id, source, chunk_index, title, text, Jsonb(meta), vector))
             with self.database.pool.connection() as conn, conn.transaction():
                 self._write_rows(conn, rows, update=True)
         return out_ids
@@ -379,7 +381,7 @@ class KnowledgeStore(VectorStore):
         return self.add_texts(
             [doc.page_content for doc in documents],
             [doc.metadata for doc in documents],
-            ids=[i or chunk_id(self.collection, str(d.metadata.get("source", "")), d.page_content)
+            ids=[i or chunk_id(self.collection, _columns_of(d.metadata)[0], d.page_content)
                  for i, d in zip(ids, documents, strict=True)] if has_ids else None,
             **kwargs,
         )
@@ -417,8 +419,7 @@ class KnowledgeStore(VectorStore):
                          if cid not in old]
         vectors = self._embed([text for *_, text in to_embed])
         rows = [
-            (cid, item.source, idx, item.title, text,
-             Jsonb(item.metadata), vec)
+            (cid, item.source, idx, item.title, text, Jsonb(_source_metadata(item)), vec)
             for (item, cid, idx, text), vec in zip(to_embed, vectors, strict=True)
         ]
         changed = sorted(s for s in wanted if existing.get(s, set()) != set(wanted[s]))
@@ -702,6 +703,35 @@ class KnowledgeStore(VectorStore):
         store = cls(database, embedding, **kwargs)
         store.add_texts(texts, metadatas, ids=ids)
         return store
+
+
+def _columns_of(meta: dict[str, Any]) -> tuple[str, str | None, int]:
+    """Return the (source, title, chunk_index) columns of a chunk with metadata `meta`.
+
+    The metadata itself is not changed: these are copies the store indexes and searches by. A key
+    that is absent (or a `chunk_index` that is not an integer) gives the column's default.
+    """
+    raw_source = meta.get("source")
+    source = "" if raw_source is None else str(raw_source)
+    raw_title = meta.get("title")
+    title = None if raw_title is None else str(raw_title)
+    raw_index = meta.get("chunk_index")
+    chunk_index = raw_index if isinstance(raw_index, int) and not isinstance(raw_index, bool) \
+        else 0
+    # The column is a 32-bit integer; an out-of-range index stays in the metadata only.
+    return source, title, chunk_index if -2**31 <= chunk_index < 2**31 else 0
+
+
+def _source_metadata(item: SourceChunks) -> dict[str, Any]:
+    """The metadata stored with each chunk of an ingested source: the loader's, plus where from.
+
+    `source` and `title` go into the metadata as well as the columns, so the chunk's `Document`
+    names its origin and a `{"title": ...}` filter finds it.
+    """
+    meta = {**item.metadata, "source": item.source}
+    if item.title is not None:
+        meta["title"] = item.title
+    return meta
 
 
 def check_mode(mode: str) -> SearchMode:
