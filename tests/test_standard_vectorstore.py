@@ -20,7 +20,7 @@ from ragtune.tools.store import KnowledgeStore
 # mode); mark the module, and silence the plugin's note that this marks the sync tests too.
 pytestmark = [
     pytest.mark.asyncio,
-    pytest.mark.filterwarnings("ignore:The test <Function .* is marked with '@pytest.mark.asyncio'"),
+    pytest.mark.filterwarnings("ignore:The test <Function .* is marked with '@pytest.mark.asyncio"),
 ]
 
 

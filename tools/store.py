@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any, Literal, get_args
 
 from langchain_core.documents import Document
 from langchain_core.embeddings import Embeddings
-from langchain_core.vectorstores import VectorStore
+from langchain_core.vectorstores import VectorStore, VectorStoreRetriever
 from psycopg import sql
 from psycopg.types.json import Jsonb
 
@@ -487,11 +487,17 @@ class KnowledgeStore(VectorStore):
         `titles` restricts the search to chunks with one of these titles. Scores: cosine
         similarity (`dense`), BM25 (`text`), fused RRF score (`hybrid`).
         """
+        from ragtune.tools.validation import k_problem, text_problem
+
         mode = check_mode(mode or self.mode)
         if not isinstance(query, str) or not query.strip():
             raise InputError("The search query is empty")
-        if k < 1:
-            raise InputError(f"k must be at least 1, not {k}")
+        problem = text_problem(query)
+        if problem is not None:
+            raise InputError(f"The search query {problem}")
+        problem = k_problem(k)
+        if problem is not None:
+            raise InputError(problem)
         where, params = compile_filter(filter)
         if titles is not None:
             where = sql.SQL("({} AND c.title = ANY(%s))").format(where)
@@ -632,6 +638,21 @@ class KnowledgeStore(VectorStore):
         """Return `(document, score)` pairs; higher scores are better in every mode."""
         hits = self.retrieve(query, k, filter=filter, mode=kwargs.get("mode"))
         return [(hit.to_document(), hit.score) for hit in hits]
+
+    def as_retriever(self, **kwargs: Any) -> VectorStoreRetriever:
+        """Return a retriever over this store; `k=`, `mode=` and `filter=` set its search.
+
+        They are shortcuts for the matching `search_kwargs` entries (which they override), so
+        `store.as_retriever(k=3, mode="text")` returns three BM25 hits per query. A call may
+        still override them: `retriever.invoke(query, k=1)`.
+        """
+        search_kwargs = dict(kwargs.pop("search_kwargs", None) or {})
+        for key in ("k", "mode", "filter"):
+            if key in kwargs:
+                search_kwargs[key] = kwargs.pop(key)
+        if search_kwargs.get("mode") is not None:
+            check_mode(search_kwargs["mode"])
+        return super().as_retriever(search_kwargs=search_kwargs, **kwargs)
 
     def _select_relevance_score_fn(self) -> Callable[[float], float]:
         return lambda score: score
