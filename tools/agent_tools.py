@@ -29,7 +29,7 @@ def make_retrieve_tool(store: KnowledgeStore, *, k: int = 5,
                        mode: SearchMode = "hybrid") -> BaseTool:
     """Return the `retrieve_documents` tool over `store`."""
 
-    @tool(response_format="content_and_artifact")
+    @tool(response_format="content_and_artifact", parse_docstring=True)
     def retrieve_documents(query: str) -> tuple[str, list[Document]]:
         """Search the knowledge base and return the most relevant paragraphs, numbered [1], [2], ...
 
@@ -53,7 +53,7 @@ def make_retrieve_tool(store: KnowledgeStore, *, k: int = 5,
 def make_decompose_tool(model: BaseChatModel, *, max_hops: int = 4) -> BaseTool:
     """Return the `decompose_question` tool using `model`."""
 
-    @tool(response_format="content_and_artifact")
+    @tool(response_format="content_and_artifact", parse_docstring=True)
     def decompose_question(question: str) -> tuple[str, list[str]]:
         """Split a multi-hop question into simpler sub-questions, one per line, in order.
 
@@ -76,7 +76,7 @@ def make_decompose_tool(model: BaseChatModel, *, max_hops: int = 4) -> BaseTool:
 def make_specialist_tool(model: BaseChatModel) -> BaseTool:
     """Return the `ask_specialist` tool using the specialist `model`."""
 
-    @tool(response_format="content_and_artifact")
+    @tool(response_format="content_and_artifact", parse_docstring=True)
     def ask_specialist(question: str) -> tuple[str, dict[str, Any]]:
         """Ask the fine-tuned domain specialist model a question; it answers without searching.
 
