@@ -49,9 +49,6 @@ class Context:
     specialist_threshold: float = field(default=0.5, metadata=_describe(
         "Cosine similarity between a question and a knowledge/custom adapter's domain centroid "
         "at which the question goes to the specialist."))
-    database_url: str | None = field(default=None, metadata=_describe(
-        "postgresql:// URL of the knowledge store; empty: RAGTUNE_DATABASE_URL, else the "
-        "embedded server."))
     collection: str = field(default="default", metadata=_describe(
         "Knowledge-store collection to retrieve from."))
     k: int = field(default=5, metadata=_describe("Paragraphs retrieved per query."))

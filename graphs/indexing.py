@@ -42,7 +42,7 @@ def ingest(state: IndexState, runtime: Runtime[Context]) -> dict[str, Any]:
     from ragtune.tools.store import KnowledgeStore
 
     ctx = context_of(runtime)
-    store = KnowledgeStore(shared_database(ctx.database_url), load_embeddings(), ctx.collection)
+    store = KnowledgeStore(shared_database(), load_embeddings(), ctx.collection)
     summary = ingest_paths(store, state.get("paths", []),
                            fmt=state.get("format", "auto"))
     return {"summary": summary.to_json()}

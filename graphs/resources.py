@@ -18,6 +18,7 @@ if TYPE_CHECKING:
     from langchain_core.language_models import BaseChatModel
 
     from ragtune.agents.adapters import AdapterRegistry
+    from ragtune.tools.database import Database
     from ragtune.tools.store import KnowledgeStore
 
 
@@ -31,6 +32,10 @@ class Resources:
         router: A router object (see `ragtune.agents.router`).
         embeddings: The embedding model for stores opened from the context.
         registry: The adapter registry (default: the user's, plus the shipped adapters).
+        database_url: The database of stores opened from the context (default:
+            `RAGTUNE_DATABASE_URL`, else the embedded server). It is deployment configuration,
+            deliberately not a `Context` field: no run can point a server at another database.
+        home: The ragtune home of the embedded server (default: `RAGTUNE_HOME`).
     """
 
     def __init__(
@@ -42,6 +47,8 @@ class Resources:
         router: Any = None,
         embeddings: Embeddings | None = None,
         registry: AdapterRegistry | None = None,
+        database_url: str | None = None,
+        home: str | None = None,
     ) -> None:
         self._pinned_store = store
         self._pinned_chat = chat_model
@@ -49,6 +56,8 @@ class Resources:
         self._pinned_router = router
         self._embeddings = embeddings
         self._registry = registry
+        self._database_url = database_url
+        self._home = home
         self._cache: dict[tuple[Any, ...], Any] = {}
         self._lock = threading.RLock()
 
@@ -68,20 +77,27 @@ class Resources:
             self._embeddings = self._cached(("embeddings",), load_embeddings)
         return self._embeddings
 
+    def database(self) -> Database:
+        """Return the database: the pinned store's, else the process-wide one configured here."""
+        pinned = getattr(self._pinned_store, "database", None)
+        if pinned is not None:
+            return pinned
+        from ragtune.tools.database import shared_database
+
+        return shared_database(self._database_url, home=self._home)
+
     def store(self, context: Context) -> KnowledgeStore:
         """Return the pinned store, else the context's collection (which must exist)."""
         if self._pinned_store is not None:
             return self._pinned_store
 
         def make() -> KnowledgeStore:
-            from ragtune.tools.database import shared_database
             from ragtune.tools.store import KnowledgeStore
 
-            return KnowledgeStore(shared_database(context.database_url), self.embeddings(),
-                                  context.collection, create=False)
+            return KnowledgeStore(self.database(), self.embeddings(), context.collection,
+                                  create=False)
 
-        store: KnowledgeStore = self._cached(("store", context.database_url,
-                                              context.collection), make)
+        store: KnowledgeStore = self._cached(("store", context.collection), make)
         return store
 
     def chat_model(self, context: Context) -> BaseChatModel:

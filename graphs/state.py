@@ -60,6 +60,13 @@ class SubAnswer(TypedDict):
     document_ids: list[str]
 
 
+class Turn(TypedDict):
+    """One answered question of a thread."""
+
+    question: str
+    answer: str
+
+
 def merge_documents(left: list[Document] | None, right: list[Document] | None) -> list[Document]:
     """Append `right` to `left`, skipping documents whose id (else content) is already there."""
     merged = list(left or [])
@@ -108,6 +115,8 @@ class OutputState(TypedDict, total=False):
     """True when a budget ran out and the agent answered with what it had."""
     retrieved: list[Citation]
     """Every paragraph retrieved during the run, in retrieval order (for evaluation)."""
+    history: Annotated[list[Turn], operator.add]
+    """The thread's answered questions, oldest first (this run's is last)."""
 
 
 class AgentState(InputState, OutputState, total=False):

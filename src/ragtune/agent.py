@@ -13,6 +13,7 @@ postgres): a run interrupted by an error can be resumed with `resume(thread_id)`
 
 from __future__ import annotations
 
+import threading
 import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
@@ -41,13 +42,15 @@ class Answer:
     thread_id: str | None = None
     latency_s: float = 0.0
     retrieved: list[dict[str, Any]] = field(default_factory=list)
+    turn: int = 1
+    """Which answered question of its thread this is (1 without a thread)."""
 
     def to_json(self) -> dict[str, Any]:
         """Return the answer as JSON-ready data."""
         return {"answer": self.text, "citations": self.citations, "trace": self.trace,
                 "usage": self.usage, "steps": self.steps, "exhausted": self.exhausted,
                 "thread_id": self.thread_id, "latency_s": round(self.latency_s, 3),
-                "retrieved": self.retrieved}
+                "retrieved": self.retrieved, "turn": self.turn}
 
 
 @dataclass
@@ -70,7 +73,10 @@ class Agent:
         router: A router object (default: the context's routing policy).
         context: A full `Context`; keyword overrides below are applied on top of it.
         checkpoint: Keep thread state in PostgreSQL so runs with a `thread_id` can resume
-            (default True).
+            (default True). Sync and async faces share the checkpoints.
+        database_url: The PostgreSQL with pgvector (default: `RAGTUNE_DATABASE_URL`, else the
+            embedded server). Deployment configuration: no run can change it.
+        home: The ragtune home of the embedded server (default: `RAGTUNE_HOME`).
         **overrides: Any `Context` field (collection="demo", routing_policy="rules", ...).
     """
 
@@ -83,6 +89,8 @@ class Agent:
         router: Any = None,
         context: Context | None = None,
         checkpoint: bool = True,
+        database_url: str | None = None,
+        home: str | None = None,
         **overrides: Any,
     ) -> None:
         from ragtune.graphs.resources import Resources
@@ -101,36 +109,31 @@ class Agent:
         if specialist_model is None:
             check_model_spec(self.context.specialist_model)
         self.resources = Resources(store=store, chat_model=model,
-                                   specialist_model=specialist_model, router=router)
+                                   specialist_model=specialist_model, router=router,
+                                   database_url=database_url, home=home)
         self._checkpoint = checkpoint
-        self._graph: Any = None
-        self._saver_pool: Any = None
+        self._graphs: dict[bool, Any] = {}
+        self._graph_lock = threading.Lock()
 
     # -- plumbing ------------------------------------------------------------------------------
 
-    def _compiled(self) -> Any:
-        if self._graph is None:
-            from ragtune.graphs.orchestrator import build_graph
+    def _compiled(self, thread_id: str | None = "") -> Any:
+        """The graph for a run: checkpointed when it has a thread (and checkpoints are on).
 
-            self._graph = build_graph(self.resources, checkpointer=self._checkpointer())
-        return self._graph
+        A run without a thread id could never be resumed, so it is not checkpointed at all.
+        """
+        threaded = self._checkpoint and thread_id is not None
+        with self._graph_lock:
+            if threaded not in self._graphs:
+                from ragtune.graphs.orchestrator import build_graph
 
-    def _checkpointer(self) -> Any:
-        if not self._checkpoint:
-            return None
-        from langgraph.checkpoint.postgres import PostgresSaver
-        from psycopg.rows import dict_row
-        from psycopg_pool import ConnectionPool
+                checkpointer = None
+                if threaded:
+                    from ragtune.graphs.checkpoint import open_checkpointer
 
-        from ragtune.tools.database import CONNECT_TIMEOUT_S, shared_database
-
-        db = shared_database(self.context.database_url)
-        self._saver_pool = ConnectionPool(
-            db.url, min_size=1, max_size=4, open=True, timeout=CONNECT_TIMEOUT_S,
-            kwargs={"autocommit": True, "prepare_threshold": 0, "row_factory": dict_row})
-        saver = PostgresSaver(self._saver_pool)
-        saver.setup()
-        return saver
+                    checkpointer = open_checkpointer(self.resources.database())
+                self._graphs[threaded] = build_graph(self.resources, checkpointer=checkpointer)
+            return self._graphs[threaded]
 
     def _config(self, thread_id: str | None) -> dict[str, Any]:
         return {"configurable": {"thread_id": thread_id or f"ephemeral-{uuid.uuid4().hex}"},
@@ -148,7 +151,8 @@ class Agent:
                       trace=list(state.get("trace", [])), usage=dict(state.get("usage", {})),
                       steps=int(state.get("steps", 0)), exhausted=bool(state.get("exhausted")),
                       thread_id=thread_id, latency_s=time.perf_counter() - started,
-                      retrieved=list(state.get("retrieved", [])))
+                      retrieved=list(state.get("retrieved", [])),
+                      turn=max(1, len(state.get("history", []))))
 
     # -- public API ----------------------------------------------------------------------------
 
@@ -156,7 +160,7 @@ class Agent:
         """Answer `question`; `thread_id` checkpoints the run so it can be resumed."""
         text, context = self._prepare(question, overrides)
         started = time.perf_counter()
-        graph = self._compiled()
+        graph = self._compiled(thread_id)
         state = graph.invoke({"question": text}, self._config(thread_id), context=context)
         return self._answer(state, thread_id, started)
 
@@ -167,29 +171,54 @@ class Agent:
 
         text, context = self._prepare(question, overrides)
         started = time.perf_counter()
-        graph = await asyncio.to_thread(self._compiled)
+        graph = await asyncio.to_thread(self._compiled, thread_id)
         state = await graph.ainvoke({"question": text}, self._config(thread_id), context=context)
         return self._answer(state, thread_id, started)
 
     def resume(self, thread_id: str, **overrides: Any) -> Answer:
-        """Finish the interrupted run of `thread_id` from its last checkpoint."""
-        if not self._checkpoint:
-            raise ConfigError("resume() needs Agent(checkpoint=True)")
-        context = _with_overrides(self.context, overrides)
-        started = time.perf_counter()
+        """Finish the interrupted run of `thread_id` from its last checkpoint.
+
+        Raises:
+            InputError: The thread has no interrupted run (unknown, or its last run finished).
+        """
+        context, config, started = self._resumable(thread_id, overrides)
         graph = self._compiled()
-        config = self._config(thread_id)
-        snapshot = graph.get_state(config)
-        if not snapshot.next:
+        if not graph.get_state(config).next:
             raise InputError(f"Thread {thread_id!r} has no interrupted run to resume")
         state = graph.invoke(None, config, context=context)
         return self._answer(state, thread_id, started)
+
+    async def aresume(self, thread_id: str, **overrides: Any) -> Answer:
+        """Async `resume`."""
+        import asyncio
+
+        context, config, started = self._resumable(thread_id, overrides)
+        graph = await asyncio.to_thread(self._compiled)
+        if not (await graph.aget_state(config)).next:
+            raise InputError(f"Thread {thread_id!r} has no interrupted run to resume")
+        state = await graph.ainvoke(None, config, context=context)
+        return self._answer(state, thread_id, started)
+
+    def pending(self, thread_id: str) -> bool:
+        """Return whether `thread_id` has an interrupted run that `resume` would finish."""
+        if not self._checkpoint:
+            return False
+        return bool(self._compiled().get_state(self._config(thread_id)).next)
+
+    def _resumable(self, thread_id: str,
+                   overrides: dict[str, Any]) -> tuple[Context, dict[str, Any], float]:
+        if not self._checkpoint:
+            raise ConfigError("resume() needs Agent(checkpoint=True)")
+        if not isinstance(thread_id, str) or not thread_id.strip():
+            raise InputError("resume() needs the thread id of an interrupted run")
+        return (_with_overrides(self.context, overrides), self._config(thread_id),
+                time.perf_counter())
 
     def stream(self, question: str, *, thread_id: str | None = None,
                **overrides: Any) -> Iterator[StreamEvent]:
         """Yield node updates and answer tokens as the run proceeds."""
         text, context = self._prepare(question, overrides)
-        graph = self._compiled()
+        graph = self._compiled(thread_id)
         for mode, chunk in graph.stream({"question": text}, self._config(thread_id),
                                         context=context, stream_mode=["updates", "messages"]):
             yield from _events(mode, chunk)
@@ -200,7 +229,7 @@ class Agent:
         import asyncio
 
         text, context = self._prepare(question, overrides)
-        graph = await asyncio.to_thread(self._compiled)
+        graph = await asyncio.to_thread(self._compiled, thread_id)
         async for mode, chunk in graph.astream({"question": text}, self._config(thread_id),
                                                context=context,
                                                stream_mode=["updates", "messages"]):
@@ -208,12 +237,10 @@ class Agent:
                 yield item
 
     def close(self) -> None:
-        """Release the checkpoint pool and cached resources."""
-        if self._saver_pool is not None:
-            self._saver_pool.close()
-            self._saver_pool = None
+        """Forget the compiled graph and cached resources (databases close with the process,
+        or with `ragtune.tools.database.close_shared_databases()`)."""
         self.resources.close()
-        self._graph = None
+        self._graphs.clear()
 
     def __enter__(self) -> Agent:
         return self
