@@ -138,3 +138,14 @@ def test_reopening_after_the_server_died_in_this_process(home: Path) -> None:
     finally:
         db.close()
     assert _wait_until(lambda: _postmaster(home) is None, timeout=10)
+
+
+@pytest.mark.parametrize("module", ["orchestrator", "indexing"])
+def test_a_run_cannot_choose_the_database(module: str) -> None:
+    """The database is deployment configuration: a run's context cannot point elsewhere."""
+    import importlib
+
+    graph = importlib.import_module(f"ragtune.graphs.{module}").graph
+    inputs = {"question": "Where?"} if module == "orchestrator" else {"paths": []}
+    with pytest.raises(TypeError, match="database_url"):
+        graph.invoke(inputs, context={"database_url": "postgresql://elsewhere/db"})
