@@ -4,6 +4,10 @@ The session starts its own embedded server in a temporary ragtune home (through 
 `Database.open`), so tests never touch a user's data. Set `RAGTUNE_TEST_DATABASE_URL` to run them
 against an external PostgreSQL with pgvector instead. Each test that writes gets a uuid-named
 collection that is dropped afterwards.
+
+Data: `toy_data` is the small invented HotpotQA/MuSiQue-shaped folder that ships with the tests
+(`tests/data`, laid out like the shared one), so most tests run on a fresh clone. Tests that check
+the real shared files ask for `shared_data`, which skips them with one line when it is absent.
 """
 
 from __future__ import annotations
@@ -17,12 +21,34 @@ from pathlib import Path
 import pytest
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
+TOY_DATA = REPO_ROOT / "tests" / "data"
+"""Invented toy records in the shared data folder's layout (hotpotqa/, musique/, train/)."""
+SHARED_DATA_REASON = "needs ../shared/data (HotpotQA/MuSiQue); absent here"
 
 
 def shared_data_dir() -> Path:
     """Return the shared data folder (`RAGTUNE_DATA_DIR`, else `../shared/data`)."""
     env = os.environ.get("RAGTUNE_DATA_DIR")
     return Path(env) if env else REPO_ROOT.parent / "shared" / "data"
+
+
+def has_shared_data() -> bool:
+    """Whether the shared data folder is there (its HotpotQA tune split, at least)."""
+    return (shared_data_dir() / "hotpotqa" / "dev_tune.json").is_file()
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    """The real shared data folder; skips the test (one line) when it is absent."""
+    if not has_shared_data():
+        pytest.skip(SHARED_DATA_REASON)
+    return shared_data_dir()
+
+
+@pytest.fixture(scope="session")
+def toy_data() -> Path:
+    """The toy data folder that ships with the tests."""
+    return TOY_DATA
 
 
 @pytest.fixture(scope="session")

@@ -2,7 +2,8 @@
 
 The strategy run uses the real embedded Postgres store (langchain-core's deterministic fake
 embeddings) and a scripted fake chat model that answers correctly exactly when the prompt contains
-the gold answer, so retrieval quality decides the score. No gemma weights needed.
+the gold answer, so retrieval quality decides the score. No gemma weights needed. Questions come
+from the toy splits in `tests/data`; one test reads the real shared splits when they are present.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ from ragtune.evaluation.qa import QABenchConfig, run_qa_bench
 from ragtune.evaluation.report import oracle_rows, write_docs
 from ragtune.evaluation.runner import load_cache
 from ragtune.evaluation.strategies import STRATEGIES, StrategyModels
-from tests.conftest import ragtune_cmd, shared_data_dir
+from tests.conftest import TOY_DATA, ragtune_cmd
 
 
 def test_answer_metrics_on_hand_checked_cases() -> None:
@@ -45,17 +46,56 @@ def test_answer_metrics_on_hand_checked_cases() -> None:
 
 
 def test_splits_load_deterministically_and_refuse_bad_requests(tmp_path: Path) -> None:
-    first = load_split("musique", "tune", limit=3)
-    assert [q.id for q in first] == [q.id for q in load_split("musique", "tune", limit=3)]
-    assert first[0].aliases is not None and first[0].kind.endswith("hop")
-    hotpot = load_split("hotpotqa", "tune", limit=2)
-    assert hotpot[0].kind in ("bridge", "comparison") and len(hotpot[0].gold_titles) == 2
-    with pytest.raises(InputError, match=r"--limit 5000 is larger than hotpotqa tune \(267"):
-        load_split("hotpotqa", "tune", limit=5000)
+    first = load_split("musique", "tune", limit=3, folder=TOY_DATA)
+    assert [q.id for q in first] == [q.id for q in load_split("musique", "tune", limit=3,
+                                                              folder=TOY_DATA)]
+    assert first[0].aliases == ("the Vell",) and first[0].kind == "2hop"
+    assert first[0].gold_titles == ("Tamsin Roe", "Caddow") and len(first[0].paragraphs) == 4
+    hotpot = load_split("hotpotqa", "tune", limit=2, folder=TOY_DATA)
+    assert [q.kind for q in load_split("hotpotqa", "tune", folder=TOY_DATA)] == \
+        ["bridge", "bridge", "comparison"] * 2
+    assert hotpot[0].gold_titles == ("Orsolya Venn", "Drammel")
+    assert hotpot[0].paragraphs[0] == ("Orsolya Venn", "Orsolya Venn was a painter born in "
+                                       "Drammel in 1902. Orsolya is remembered for work shown "
+                                       "across Calden.")
+    with pytest.raises(InputError, match=r"--limit 5000 is larger than hotpotqa tune \(6 "):
+        load_split("hotpotqa", "tune", limit=5000, folder=TOY_DATA)
     with pytest.raises(InputError, match="Unknown dataset"):
         load_split("squad", "tune")
     with pytest.raises(ConfigError, match="does not exist"):
         load_split("hotpotqa", "tune", folder=tmp_path / "nowhere")
+
+
+def test_the_shared_splits_load(shared_data: Path) -> None:
+    """The real files parse into complete questions (sizes as the data README gives them)."""
+    sizes = {("hotpotqa", "tune"): 267, ("hotpotqa", "test"): 1000, ("musique", "tune"): 92,
+             ("musique", "test"): 200}
+    for (dataset, split), size in sizes.items():
+        questions = load_split(dataset, split, folder=shared_data)
+        assert len(questions) == size
+        assert all(q.question and q.answer and q.gold_titles and q.paragraphs for q in questions)
+    assert {q.kind for q in load_split("hotpotqa", "tune", folder=shared_data)} == \
+        {"bridge", "comparison"}
+
+
+def test_the_data_folder_comes_from_the_environment_never_a_guess(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from ragtune.evaluation.datasets import find_data_dir
+
+    (tmp_path / "shared" / "data").mkdir(parents=True)
+    (tmp_path / "repo" / "notebooks").mkdir(parents=True)
+    monkeypatch.chdir(tmp_path / "repo" / "notebooks")
+    monkeypatch.delenv("RAGTUNE_DATA_DIR", raising=False)
+    assert find_data_dir() == tmp_path / "shared" / "data"  # found from a subfolder too
+    monkeypatch.setenv("RAGTUNE_DATA_DIR", str(tmp_path / "elsewhere"))
+    assert find_data_dir() == tmp_path / "elsewhere"  # set but absent: not replaced by a guess
+    with pytest.raises(ConfigError, match="elsewhere does not exist"):
+        load_split("hotpotqa", "tune")
+
+
+def toy_config(**settings: Any) -> QABenchConfig:
+    """A `bench qa` run on the toy HotpotQA tune split."""
+    return QABenchConfig(dataset="hotpotqa", split="tune", data_dir=TOY_DATA, **settings)
 
 
 class AnswerIfPresent(BaseChatModel):
@@ -94,7 +134,7 @@ def scripted(fake_store: Any) -> tuple[StrategyModels, AnswerIfPresent]:
     from ragtune.tools.ingest import ingest_documents
     from ragtune.tools.loaders.document import SourceDocument
 
-    questions = load_split("hotpotqa", "tune", limit=2)
+    questions = load_split("hotpotqa", "tune", limit=2, folder=TOY_DATA)
     documents = {(t, x) for q in questions for t, x in q.paragraphs}
     ingest_documents(fake_store, [SourceDocument(source=f"p:{t}", text=x, title=t)
                                   for t, x in sorted(documents)])
@@ -110,7 +150,7 @@ def scripted(fake_store: Any) -> tuple[StrategyModels, AnswerIfPresent]:
 
 def test_every_strategy_runs_on_two_questions_and_reports(scripted: Any, tmp_path: Path) -> None:
     models, _ = scripted
-    config = QABenchConfig(dataset="hotpotqa", split="tune", limit=2, out_dir=tmp_path / "run",
+    config = toy_config(limit=2, out_dir=tmp_path / "run",
                            progress=False)
     report = run_qa_bench(config, models=models, command="ragtune bench qa ...")
     rows = report["strategies"]
@@ -155,7 +195,7 @@ def test_an_interrupted_run_continues_without_redoing_questions(scripted: Any,
                                                                 tmp_path: Path) -> None:
     models, model = scripted
     out = tmp_path / "run"
-    config = QABenchConfig(dataset="hotpotqa", split="tune", limit=2, out_dir=out,
+    config = toy_config(limit=2, out_dir=out,
                            strategies=["rag"], progress=False)
     original = models.reader_model
     calls = {"n": 0}
@@ -177,9 +217,9 @@ def test_an_interrupted_run_continues_without_redoing_questions(scripted: Any,
     assert model.calls - before == 1  # only the unfinished question ran again
     assert report["strategies"]["rag"]["questions"] == 2
     with pytest.raises(InputError, match="other settings"):
-        run_qa_bench(QABenchConfig(dataset="hotpotqa", split="tune", limit=1, out_dir=out,
+        run_qa_bench(toy_config(limit=1, out_dir=out,
                                    strategies=["rag"], progress=False), models=models)
-    fresh = run_qa_bench(QABenchConfig(dataset="hotpotqa", split="tune", limit=1, out_dir=out,
+    fresh = run_qa_bench(toy_config(limit=1, out_dir=out,
                                        strategies=["rag"], progress=False, fresh=True),
                          models=models)
     assert fresh["strategies"]["rag"]["questions"] == 1
@@ -213,7 +253,7 @@ def test_cli_refuses_bad_requests_before_any_work(args: list[str], code: int, me
                                                   tmp_path: Path, cli_env: dict[str, str]
                                                   ) -> None:
     env = {k: v for k, v in cli_env.items() if k != "OPENAI_API_KEY"}
-    env["RAGTUNE_DATA_DIR"] = str(shared_data_dir())
+    env["RAGTUNE_DATA_DIR"] = str(TOY_DATA)
     run = subprocess.run(ragtune_cmd("bench", "qa", *args, "--out", str(tmp_path / "o")),
                          capture_output=True, text=True, env=env, timeout=120)
     assert run.returncode == code, run.stderr
@@ -227,7 +267,7 @@ def test_results_notebook_draws_a_run(scripted: Any, tmp_path: Path,
 
     models, _ = scripted
     out = tmp_path / "run"
-    run_qa_bench(QABenchConfig(dataset="hotpotqa", split="tune", limit=2, out_dir=out,
+    run_qa_bench(toy_config(limit=2, out_dir=out,
                                progress=False), models=models)
     for plot_file in out.glob("*.png"):
         plot_file.unlink()
@@ -255,7 +295,7 @@ def test_read_first_threshold_is_applied_recorded_and_replayable(scripted: Any,
     models, _ = scripted
     runs = {}
     for threshold in (0.0, 1.0):
-        config = QABenchConfig(dataset="hotpotqa", split="tune", limit=2, progress=False,
+        config = toy_config(limit=2, progress=False,
                                out_dir=tmp_path / f"t{threshold}", read_first_confidence=threshold,
                                strategies=["adaptive", "multi-step"])
         run_qa_bench(config, models=models)
@@ -274,7 +314,7 @@ def test_read_first_threshold_is_applied_recorded_and_replayable(scripted: Any,
     assert replay[0.0]["f1"] == pytest.approx(sum(r["f1"] for r in runs[0.0].values()) / 2)
     assert replay[1.0]["read_first"] == 0.0
     with pytest.raises(InputError, match="between 0 and 1"):
-        run_qa_bench(QABenchConfig(dataset="hotpotqa", split="tune", limit=2,
+        run_qa_bench(toy_config(limit=2,
                                    out_dir=tmp_path / "bad", read_first_confidence=1.5),
                      models=models)
     assert not (tmp_path / "bad").exists()

@@ -1,7 +1,8 @@
 """LoRA fine-tuning through the real peft + transformers Trainer path, on a tiny random model (CPU).
 
-Uses: `tests.tiny_lm` (a real two-layer Llama with its own tokenizer), the real shared data files
-for dataset building, the real MiniLM embedder for the domain centroid. No gemma weights needed.
+Uses: `tests.tiny_lm` (a real two-layer Llama with its own tokenizer), the toy data files in
+`tests/data` for dataset building (the real shared files too, when present), the real MiniLM
+embedder for the domain centroid. No gemma weights needed.
 """
 
 from __future__ import annotations
@@ -27,11 +28,11 @@ from ragtune.agents.finetune.train import (
     run_finetune,
 )
 from ragtune.errors import AdapterError, ConfigError, InputError
-from tests.conftest import ragtune_cmd, shared_data_dir
+from tests.conftest import TOY_DATA, ragtune_cmd
 from tests.tiny_lm import build_tiny_lm
 
-HOTPOT_TRAIN = shared_data_dir() / "train" / "hotpotqa_train.json"
-MUSIQUE_DECOMP = shared_data_dir() / "train" / "musique_decompositions.json"
+HOTPOT_TRAIN = TOY_DATA / "train" / "hotpotqa_train.json"
+MUSIQUE_DECOMP = TOY_DATA / "train" / "musique_decompositions.json"
 
 
 @pytest.fixture(scope="session")
@@ -53,7 +54,7 @@ def test_reader_examples_put_loss_on_the_answer_only(tiny_base: Path) -> None:
     from transformers import AutoTokenizer
 
     examples = load_examples("reader", [HOTPOT_TRAIN])
-    assert len(examples) == 100
+    assert len(examples) == 24
     first = examples[0]
     assert first.prompt.endswith("\nAnswer:") and "[1] " in first.prompt
     assert first.prompt.count("\n[") >= 1  # gold paragraphs plus a distractor
@@ -70,12 +71,24 @@ def test_reader_examples_put_loss_on_the_answer_only(tiny_base: Path) -> None:
 
 def test_decomposer_examples_number_sub_questions_with_references() -> None:
     examples = load_examples("decomposer", [MUSIQUE_DECOMP])
-    assert len(examples) == 2125
+    assert len(examples) == 8
     assert naturalize_step("#1 >> spouse") == "What is the spouse of #1?"
     assert format_sub_questions(["A?", "B #1?"]) == "1. A?\n2. B #1?\n"
-    assert any("#1" in e.completion for e in examples)
+    assert all(e.completion.startswith("1. ") and "\n2. " in e.completion and "#1" in
+               e.completion for e in examples)
     assert all(e.prompt.startswith("Question: ") and e.prompt.endswith("Sub-questions:\n")
                for e in examples)
+    # Break's aggregation step ("which is the lowest of #1, #2") is dropped; look-ups are kept.
+    steps = load_examples("decomposer", [TOY_DATA / "train" / "break_hotpotqa_decompositions.json"])
+    assert len(steps) == 4 and all(e.completion.count("\n") == 2 for e in steps)
+
+
+def test_the_shared_training_files_build_examples(shared_data: Path) -> None:
+    train = shared_data / "train"
+    assert len(load_examples("reader", [train / "hotpotqa_train.json"])) == 100
+    assert len(load_examples("decomposer", [train / "musique_decompositions.json"])) == 2125
+    assert load_examples("reader", [train / "musique_train.json"])
+    assert load_examples("decomposer", [train / "break_hotpotqa_decompositions.json"])
 
 
 def test_three_training_steps_register_a_loadable_adapter(
@@ -176,13 +189,13 @@ def test_bad_training_files_are_refused_with_file_and_line(
 
 
 def test_test_splits_and_unknown_tasks_are_refused(tmp_path: Path) -> None:
-    test_split = shared_data_dir() / "hotpotqa" / "dev_test.json"
+    test_split = TOY_DATA / "hotpotqa" / "dev_test.json"
     with pytest.raises(InputError, match="test split"):
         load_examples("reader", [test_split])
     with pytest.raises(InputError, match="Unknown fine-tuning task"):
         load_examples("poetry", [HOTPOT_TRAIN])  # type: ignore[arg-type]
     # The knowledge task may read a test file's paragraphs (never its questions).
-    examples = load_examples("knowledge", [shared_data_dir() / "musique" / "dev_tune.json"])
+    examples = load_examples("knowledge", [TOY_DATA / "musique" / "dev_tune.json"])
     assert examples and not any("answer_aliases" in e.prompt for e in examples)
 
 

@@ -1,7 +1,7 @@
 """The QA splits `ragtune bench qa` runs on: HotpotQA and MuSiQue `tune` / `test` files.
 
 A split is read from `<data dir>/<dataset>/dev_<split>.json` (the shared data folder:
-`RAGTUNE_DATA_DIR`, else `../shared/data`). Subsets are deterministic: the first N questions in file
+`RAGTUNE_DATA_DIR`, else the first `../shared/data` from the working directory upwards). Subsets are deterministic: the first N questions in file
 order (the files are already a seeded random sample). The retrieval pool of a run is the paragraphs
 of every question of the split, so the store holds the distractors of questions outside the subset
 too.
@@ -44,12 +44,39 @@ class QAItem:
     paragraphs: tuple[tuple[str, str], ...] = field(default=(), repr=False)
 
 
+ENV_DATA_DIR = "RAGTUNE_DATA_DIR"
+
+
+def find_data_dir() -> Path | None:
+    """Return the shared data folder, or None when there is none.
+
+    `$RAGTUNE_DATA_DIR` when set (whether or not it exists: an explicit setting is never replaced
+    by a guess), else the first `<ancestor>/../shared/data` that exists, searched from the working
+    directory upwards (so the repository root, `notebooks/` and `bench/` all find it).
+    """
+    env = os.environ.get(ENV_DATA_DIR)
+    if env:
+        return Path(env).expanduser()
+    for base in (Path.cwd(), *Path.cwd().parents):
+        candidate = base.parent / "shared" / "data"
+        if candidate.is_dir():
+            return candidate
+    return None
+
+
 def data_dir(path: str | os.PathLike[str] | None = None) -> Path:
-    """Return the shared data folder (`path`, else `RAGTUNE_DATA_DIR`, else `../shared/data`)."""
+    """Return the data folder to read: `path`, else `find_data_dir()`.
+
+    Raises:
+        ConfigError: Neither `path` nor `$RAGTUNE_DATA_DIR` is given and no `../shared/data` exists.
+    """
     if path is not None:
         return Path(path)
-    env = os.environ.get("RAGTUNE_DATA_DIR")
-    return Path(env) if env else Path.cwd().parent / "shared" / "data"
+    found = find_data_dir()
+    if found is None:
+        raise ConfigError("No shared data folder: none of the working directory's ancestors has a "
+                          "../shared/data; set RAGTUNE_DATA_DIR or pass --data-dir.")
+    return found
 
 
 def split_path(dataset: str, split: str, folder: str | os.PathLike[str] | None = None) -> Path:
