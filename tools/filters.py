@@ -11,7 +11,9 @@ Field operators: `$eq $ne $in $nin $gt $gte $lt $lte $exists`; logical: `$and $o
 filters). Several keys in one object are ANDed. `$ne` and `$nin` also match documents that lack the
 field (as in MongoDB). Order comparisons only match values of the same JSON type as the operand
 (numbers with numbers, strings with strings). Every field name and value reaches the database as a
-bound parameter; nothing from a filter is ever spliced into SQL text.
+bound parameter; nothing from a filter is ever spliced into SQL text. Values PostgreSQL's
+jsonb refuses (NaN, Infinity, NUL characters, lone surrogates) and nesting deeper than
+`MAX_JSON_DEPTH` are refused as a `FilterError` before any SQL is built.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from typing import Any
 from psycopg import sql
 
 from ragtune.errors import FilterError
+from ragtune.tools.validation import MAX_JSON_DEPTH, json_problem
 
 FIELD_OPERATORS = frozenset({"$eq", "$ne", "$in", "$nin", "$gt", "$gte", "$lt", "$lte", "$exists"})
 LOGICAL_OPERATORS = frozenset({"$and", "$or"})
@@ -45,6 +48,11 @@ def compile_filter(
         return sql.SQL("TRUE"), params
     if not isinstance(flt, Mapping):
         raise FilterError(f"A filter must be a JSON object, not {type(flt).__name__}")
+    # Checked whole first: the database refuses NaN, Infinity and NUL characters in jsonb, and
+    # the bounded depth keeps the recursive compilation below from exhausting the stack.
+    problem = json_problem(dict(flt), where="filter", max_depth=MAX_JSON_DEPTH)
+    if problem is not None:
+        raise FilterError(f"Invalid filter: {problem}")
     expr = _compile_object(flt, sql.Identifier(column), params)
     return expr, params
 
@@ -55,6 +63,11 @@ def parse_filter(text: str) -> dict[str, Any]:
         value = json.loads(text)
     except json.JSONDecodeError as exc:
         raise FilterError(f"--filter is not valid JSON: {exc}") from exc
+    except RecursionError:
+        raise FilterError(f"--filter is nested too deeply (the limit is {MAX_JSON_DEPTH} "
+                          "levels)") from None
+    except ValueError as exc:  # an integer of more than 4300 digits
+        raise FilterError(f"--filter is not usable JSON: {str(exc).split(';')[0]}") from None
     if not isinstance(value, dict):
         raise FilterError("--filter must be a JSON object, e.g. '{\"year\": {\"$gte\": 2000}}'")
     compile_filter(value)

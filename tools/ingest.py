@@ -14,7 +14,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from ragtune.errors import ConfigError
+from ragtune.errors import ConfigError, InputError
 from ragtune.tools.loaders import Format, SourceDocument, iter_documents
 from ragtune.tools.store import KnowledgeStore, SourceChunks, UpsertReport
 
@@ -90,8 +90,13 @@ def ingest_documents(
     chunk_overlap: int = DEFAULT_CHUNK_OVERLAP,
     batch_chunks: int = DEFAULT_BATCH_CHUNKS,
     on_batch: Callable[[IngestSummary], None] | None = None,
+    on_refused: Callable[[str], None] | None = None,
 ) -> IngestSummary:
     """Chunk, embed and upsert `documents` into `store`, one transaction per batch of sources.
+
+    The loaders refuse what PostgreSQL would; should the database still refuse a value in a
+    batch, the batch is split until the one refused source is found, so its good neighbours are
+    written all the same.
 
     Args:
         store: The target collection.
@@ -100,6 +105,8 @@ def ingest_documents(
         chunk_overlap: Characters shared by consecutive chunks.
         batch_chunks: Chunks per batch (a source is never split across batches).
         on_batch: Called with the running summary after each committed batch.
+        on_refused: Called with the message of a source the database refused, which is then
+            skipped; when None, that source raises `InputError` (earlier sources stay written).
     """
     split = make_splitter(chunk_size, chunk_overlap)
     summary = IngestSummary(collection=store.collection)
@@ -110,7 +117,8 @@ def ingest_documents(
     def flush() -> None:
         nonlocal batch, pending
         if batch:
-            summary.add(store.upsert_sources(batch))
+            for report in _upsert_isolating(store, batch, on_refused):
+                summary.add(report)
             batch, pending = [], 0
             summary.seconds = time.perf_counter() - started
             if on_batch:
@@ -129,6 +137,26 @@ def ingest_documents(
     return summary
 
 
+def _upsert_isolating(store: KnowledgeStore, batch: list[SourceChunks],
+                      on_refused: Callable[[str], None] | None) -> list[UpsertReport]:
+    """Upsert `batch`; if the database refuses a value, bisect to the refused source."""
+    import psycopg
+
+    try:
+        return [store.upsert_sources(batch)]
+    except (psycopg.DataError, psycopg.errors.ProgramLimitExceeded, UnicodeEncodeError) as exc:
+        if len(batch) > 1:
+            half = len(batch) // 2
+            return (_upsert_isolating(store, batch[:half], on_refused)
+                    + _upsert_isolating(store, batch[half:], on_refused))
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        message = f"{batch[0].source}: the database refused this source ({reason})"
+        if on_refused is None:
+            raise InputError(message) from None
+        on_refused(message)
+        return []
+
+
 def ingest_paths(
     store: KnowledgeStore,
     paths: Sequence[str | os.PathLike[str]],
@@ -144,8 +172,9 @@ def ingest_paths(
     """Ingest files and folders (see `ragtune.tools.loaders` for formats) into `store`.
 
     With `skip_bad`, unusable files and JSONL lines are skipped and listed in the summary's
-    `skipped`; without it the first one raises `InputError` (batches already committed stay, and a
-    re-run completes the rest without duplicates).
+    `skipped`; without it the first one raises `InputError` naming the file and line (batches
+    already committed stay, whole sources only, and a re-run completes the rest without
+    duplicates).
     """
     skipped: list[str] = []
     make_splitter(chunk_size, chunk_overlap)  # reject bad settings before reading anything
@@ -153,6 +182,7 @@ def ingest_paths(
                                max_file_bytes=max_file_bytes)
     summary = ingest_documents(store, documents, chunk_size=chunk_size,
                                chunk_overlap=chunk_overlap, batch_chunks=batch_chunks,
-                               on_batch=on_batch)
+                               on_batch=on_batch,
+                               on_refused=skipped.append if skip_bad else None)
     summary.skipped = skipped
     return summary

@@ -29,15 +29,17 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+import stat
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import get_args
 
 from ragtune.errors import InputError
+from ragtune.tools.validation import json_problem, text_problem
 
 from .detect import detect_format
 from .document import Format, LoadStats, SourceDocument
-from .files import KNOWN_EXTENSIONS, check_file, walk_folder
+from .files import KNOWN_EXTENSIONS, check_file, describe_mode, describe_os_error, walk_folder
 from .records import (
     JsonRecord,
     hotpotqa_paragraphs,
@@ -130,16 +132,25 @@ class _Reader:
         files: dict[Path, None] = {}
         for raw in paths:
             path = Path(raw).expanduser()
-            if path.is_dir():
+            try:
+                mode = path.stat().st_mode
+            except FileNotFoundError:
+                self.reject(InputError(f"{path}: no such file or folder"))
+                continue
+            except OSError as exc:
+                self.reject(InputError(f"cannot read {path}: {describe_os_error(exc)}"))
+                continue
+            if stat.S_ISDIR(mode):
                 found = dict.fromkeys(walk_folder(path))
                 if not found:
                     known = " ".join(sorted(KNOWN_EXTENSIONS))
                     raise InputError(f"{path}: folder has no ingestible files ({known})")
                 files.update(found)
-            elif path.is_file():
+            elif stat.S_ISREG(mode):
                 files[path.resolve()] = None
             else:
-                self.reject(InputError(f"{path}: no such file or folder"))
+                self.reject(InputError(f"cannot read {path}: not a regular file or folder "
+                                       f"({describe_mode(mode)})"))
         return list(files)
 
     def read_file(self, path: Path, fmt: Format) -> Iterator[SourceDocument]:
@@ -150,7 +161,7 @@ class _Reader:
             kind = detect_format(path) if fmt == "auto" else fmt
             documents: Iterator[SourceDocument]
             if kind == "text":
-                documents = iter([read_text_file(path, self.max_file_bytes)])
+                documents = iter([_checked(read_text_file(path, self.max_file_bytes), str(path))])
             else:
                 documents = self._read_records(path, kind)
             for document in documents:
@@ -166,11 +177,13 @@ class _Reader:
                 if record.error is not None:
                     raise InputError(f"{record.where}: {record.error}")
                 if kind == "jsonl":
-                    yield self._jsonl_document(path, record)
+                    documents = [self._jsonl_document(path, record)]
                 elif kind == "hotpotqa":
-                    yield from self._hotpotqa_documents(record)
+                    documents = self._hotpotqa_documents(record)
                 else:
-                    yield from self._musique_documents(record)
+                    documents = self._musique_documents(record)
+                # Checked whole before any is yielded: one bad paragraph rejects its record.
+                yield from [_checked(document, record.where) for document in documents]
             except InputError as exc:
                 self.reject(exc)
 
@@ -180,11 +193,9 @@ class _Reader:
             raise InputError(f"{record.where}: {problem}")
         obj = record.value
         doc_id = None if obj.get("id") is None else str(obj["id"])
-        if doc_id is not None:
-            if doc_id in self.jsonl_ids:
-                first = self.jsonl_ids[doc_id]
-                raise InputError(f"{record.where}: duplicate id {doc_id!r} (first at {first})")
-            self.jsonl_ids[doc_id] = record.where
+        if doc_id is not None and doc_id in self.jsonl_ids:
+            first = self.jsonl_ids[doc_id]
+            raise InputError(f"{record.where}: duplicate id {doc_id!r} (first at {first})")
         source = f"jsonl:{doc_id}" if doc_id is not None else f"{path}#{record.anchor}"
         metadata = {
             **(obj.get("metadata") or {}),
@@ -193,7 +204,12 @@ class _Reader:
             "file_name": path.name,
             "record": record.anchor,
         }
-        return SourceDocument(source, obj["text"], obj.get("title"), doc_id, metadata)
+        document = _checked(SourceDocument(source, obj["text"], obj.get("title"), doc_id,
+                                           metadata), record.where)
+        if doc_id is not None:
+            # Registered only once valid: a rejected record does not claim its id.
+            self.jsonl_ids[doc_id] = record.where
+        return document
 
     def _hotpotqa_documents(self, record: JsonRecord) -> list[SourceDocument]:
         documents = []
@@ -227,6 +243,25 @@ class _Reader:
             source = f"musique:{title}:{digest[:12]}"
             documents.append(SourceDocument(source, text, title, None, metadata))
         return documents
+
+
+def _checked(document: SourceDocument, where: str) -> SourceDocument:
+    """Return `document`, or raise `InputError` if the database would refuse any part of it.
+
+    A value PostgreSQL refuses (a NUL character, a lone surrogate, NaN, nesting too deep) would
+    fail the whole batch it is written in, so it is rejected here, alone, naming where it is.
+    """
+    # The source is checked last: it is built from the id, the title or the file's path.
+    fields = {'"text"': document.text, '"title"': document.title, '"id"': document.doc_id,
+              "the file path": document.source}
+    for name, value in fields.items():
+        problem = text_problem(value) if value is not None else None
+        if problem is not None:
+            raise InputError(f"{where}: {name} {problem}")
+    problem = json_problem(document.metadata, where="metadata")
+    if problem is not None:
+        raise InputError(f"{where}: {problem}")
+    return document
 
 
 def _sha1(text: str) -> str:

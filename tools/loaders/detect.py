@@ -16,6 +16,7 @@ from .files import (
     TEXT_EXTENSIONS,
     open_binary,
 )
+from .records import iter_records, json_error
 
 
 def detect_format(path: Path) -> Format:
@@ -39,7 +40,14 @@ def detect_format(path: Path) -> Format:
     if suffix not in JSON_EXTENSIONS:
         known = " ".join(sorted(KNOWN_EXTENSIONS))
         raise InputError(f"{path}: unsupported file type {suffix or '(none)'!r}; known: {known}")
-    first = first_json_value(path)
+    try:
+        first = first_json_value(path)
+    except InputError:
+        # A JSONL file is told by its first readable line, so that an unreadable first line is
+        # rejected alone (skippable, like any other line) rather than with the whole file.
+        first = _first_readable_record(path)
+        if first is None:
+            raise
     if isinstance(first, dict):
         if "context" in first:
             return "hotpotqa"
@@ -81,7 +89,22 @@ def first_json_value(path: Path) -> Any:
             except json.JSONDecodeError as exc:
                 if at_end:
                     raise InputError(f"{path}: malformed JSON: {exc}") from None
+            except (ValueError, RecursionError) as exc:
+                raise InputError(f"{path}: {json_error(exc)}") from None
             more = handle.read(chunk)
             data += more
             at_end = len(more) < chunk
             chunk *= 2
+
+
+def _first_readable_record(path: Path, max_records: int = 100) -> Any:
+    """Return the first parseable value among a JSONL file's first records, else None."""
+    try:
+        for n, record in enumerate(iter_records(path, path.stat().st_size), 1):
+            if record.error is None:
+                return record.value
+            if n >= max_records:
+                break
+    except (InputError, OSError):
+        pass  # a JSON list, or unreadable: the caller reports the first error
+    return None

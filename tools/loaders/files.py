@@ -6,6 +6,8 @@ file is read, and strict UTF-8 decoding that names the offset of the first bad b
 
 from __future__ import annotations
 
+import os
+import stat
 from collections.abc import Iterator
 from pathlib import Path
 from typing import BinaryIO
@@ -21,11 +23,58 @@ UTF8_BOM = b"\xef\xbb\xbf"
 
 
 def open_binary(path: Path) -> BinaryIO:
-    """Open a file for binary reading, turning OS errors into an `InputError`."""
+    """Open a regular file for binary reading, or raise an `InputError` saying why it cannot be.
+
+    The file is opened without blocking and checked before anything is read: a FIFO would block
+    the open (and the read) until a writer comes, and a device such as /dev/zero never ends.
+
+    Raises:
+        InputError: ``cannot read <path>: permission denied`` (no such file, not a regular
+            file (a FIFO), ...).
+    """
     try:
-        return path.open("rb")
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
     except OSError as exc:
-        raise InputError(f"{path}: cannot open: {exc.strerror or exc}") from None
+        raise InputError(f"cannot read {path}: {describe_os_error(exc)}") from None
+    try:
+        mode = os.fstat(fd).st_mode
+        if not stat.S_ISREG(mode):
+            raise InputError(f"cannot read {path}: not a regular file ({describe_mode(mode)})")
+        os.set_blocking(fd, True)
+        return os.fdopen(fd, "rb")
+    except BaseException:
+        os.close(fd)
+        raise
+
+
+def check_readable(path: str | os.PathLike[str]) -> Path:
+    """Return `path` once it is proven to be a regular file this process can open.
+
+    Raises:
+        InputError: Saying why not, as `open_binary` does.
+    """
+    file = Path(path)
+    open_binary(file).close()
+    return file
+
+
+def describe_os_error(exc: OSError) -> str:
+    """Return a short lower-case reason for an OS error on a path (``permission denied``)."""
+    if isinstance(exc, PermissionError):
+        return "permission denied"
+    if isinstance(exc, FileNotFoundError):
+        return "no such file"
+    if isinstance(exc, IsADirectoryError):
+        return "not a regular file (a directory)"
+    return (exc.strerror or str(exc)).lower()
+
+
+def describe_mode(mode: int) -> str:
+    """Name the kind of file a `st_mode` describes ("a directory", "a FIFO", ...)."""
+    kinds = ((stat.S_ISDIR, "a directory"), (stat.S_ISFIFO, "a FIFO"),
+             (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"),
+             (stat.S_ISSOCK, "a socket"))
+    return next((name for test, name in kinds if test(mode)), "not a file")
 
 
 def walk_folder(folder: Path) -> Iterator[Path]:
@@ -36,7 +85,7 @@ def walk_folder(folder: Path) -> Iterator[Path]:
     try:
         entries = sorted(folder.iterdir(), key=lambda entry: entry.name)
     except OSError as exc:
-        raise InputError(f"{folder}: cannot list folder: {exc.strerror or exc}") from None
+        raise InputError(f"cannot read folder {folder}: {describe_os_error(exc)}") from None
     for entry in entries:
         if entry.name.startswith("."):
             continue
@@ -55,7 +104,7 @@ def check_file(path: Path, max_bytes: int) -> None:
     try:
         size = path.stat().st_size
     except OSError as exc:
-        raise InputError(f"{path}: cannot read: {exc.strerror or exc}") from None
+        raise InputError(f"cannot read {path}: {describe_os_error(exc)}") from None
     if size > max_bytes:
         raise InputError(
             f"{path}: file is {size:,} bytes, over the limit of {max_bytes:,} bytes "

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from ragtune.errors import InputError
+from ragtune.tools.validation import text_problem
 
 from .files import SNIFF_BYTES, UTF8_BOM, decode_utf8, open_binary
 
@@ -54,8 +55,8 @@ def iter_records(path: Path, max_bytes: int) -> Iterator[JsonRecord]:
                 raise InputError(f"{path}: file is over the limit of {max_bytes:,} bytes")
             try:
                 items = json.loads(decode_utf8(path, raw))
-            except json.JSONDecodeError as exc:
-                raise InputError(f"{path}: malformed JSON: {exc}") from None
+            except (ValueError, RecursionError) as exc:
+                raise InputError(f"{path}: {json_error(exc)}") from None
             if not items:
                 raise InputError(f"{path}: file holds an empty JSON list")
             for n, item in enumerate(items, 1):
@@ -76,11 +77,23 @@ def iter_records(path: Path, max_bytes: int) -> Iterator[JsonRecord]:
                 yield JsonRecord(where, anchor, error=error)
                 continue
             try:
-                yield JsonRecord(where, anchor, json.loads(text))
-            except json.JSONDecodeError as exc:
-                yield JsonRecord(where, anchor, error=f"malformed JSON: {exc}")
+                value = json.loads(text)
+            except (ValueError, RecursionError) as exc:
+                yield JsonRecord(where, anchor, error=json_error(exc))
+                continue
+            yield JsonRecord(where, anchor, value)
         if not seen:
             raise InputError(f"{path}: file is empty (only whitespace)")
+
+
+def json_error(exc: ValueError | RecursionError) -> str:
+    """Say why `json.loads` failed: malformed, nested too deeply, or a number too long."""
+    if isinstance(exc, json.JSONDecodeError):
+        return f"malformed JSON: {exc}"
+    if isinstance(exc, RecursionError):
+        return "malformed JSON: nested too deeply to read"
+    # Python refuses integers of more than 4300 digits (sys.get_int_max_str_digits).
+    return f"unreadable JSON: {str(exc).split(';')[0]}"
 
 
 def jsonl_problem(obj: Any) -> str | None:
@@ -138,6 +151,7 @@ def hotpotqa_paragraphs(record: JsonRecord) -> list[tuple[str, str]]:
         text = "".join(sentences).strip()
         if not title.strip() or not text:
             raise InputError(f"{record.where}: context[{n}] has an empty title or text")
+        _check_paragraph(record, f"context[{n}]", title, text)
         paragraphs.append((title, text))
     return paragraphs
 
@@ -162,5 +176,14 @@ def musique_paragraphs(record: JsonRecord) -> list[tuple[str, str]]:
             )
         if not title.strip() or not text.strip():
             raise InputError(f"{record.where}: paragraphs[{n}] has an empty title or text")
+        _check_paragraph(record, f"paragraphs[{n}]", title, text)
         paragraphs.append((title, text.strip()))
     return paragraphs
+
+
+def _check_paragraph(record: JsonRecord, where: str, title: str, text: str) -> None:
+    """Refuse a paragraph the database could not store, before it is deduplicated."""
+    for name, value in (("title", title), ("text", text)):
+        problem = text_problem(value)
+        if problem is not None:
+            raise InputError(f"{record.where}: {where} {name} {problem}")

@@ -1,8 +1,10 @@
 """The `ragtune` command line: the parser, the dispatch, and the one place errors become messages.
 
 Each command group lives in its own module and registers its subcommands here. A `RagtuneError`
-prints `error: <message>` and exits with its code; an interrupt exits 130; anything unexpected
-prints one line (the stack trace only with `--debug`) and exits 70.
+prints `error: <message>` and exits with its code; a lost or unreachable database (psycopg's
+`OperationalError` or `InterfaceError`, a pool timeout) is a `DatabaseError` (exit 4); an interrupt
+exits 130; anything else unexpected prints one line (the stack trace only with `--debug`) and exits
+70. Every message has its passwords redacted: URLs and connection strings can reach error texts.
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ import sys
 from collections.abc import Sequence
 
 from ragtune import __version__
-from ragtune.errors import RagtuneError
+from ragtune.errors import DatabaseError, RagtuneError
 
 EXIT_INTERNAL = 70
 EXIT_INTERRUPTED = 130
@@ -52,12 +54,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s")
+    if not args.verbose:
+        # The pool warns about each broken connection it drops; the error line says it once.
+        logging.getLogger("psycopg.pool").setLevel(logging.ERROR)
     try:
         code = args.handler(args)
     except RagtuneError as exc:
         if args.debug:
             raise
-        print(f"error: {exc}", file=sys.stderr)
+        print(f"error: {_redacted(str(exc))}", file=sys.stderr)
         return exc.exit_code
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
@@ -67,10 +72,55 @@ def main(argv: Sequence[str] | None = None) -> int:
     except Exception as exc:  # the last line of defence: one line, not a stack trace
         if args.debug:
             raise
-        print(f"internal error: {type(exc).__name__}: {exc} (run with --debug for details)",
-              file=sys.stderr)
+        lost = database_error(exc)
+        if lost is not None:
+            print(f"error: {_redacted(str(lost))}", file=sys.stderr)
+            return lost.exit_code
+        print(f"internal error: {type(exc).__name__}: {_redacted(str(exc))} (run with --debug "
+              "for details)", file=sys.stderr)
         return EXIT_INTERNAL
     return int(code or 0)
+
+
+def database_error(exc: BaseException) -> DatabaseError | None:
+    """Return the `DatabaseError` that `exc` amounts to, or None when it is no database failure.
+
+    A connection that breaks (the server shut down or restarted, the network dropped, the backend
+    was terminated) surfaces from psycopg wherever the next statement runs, possibly wrapped by
+    the code that ran it; the cause chain is searched for it.
+    """
+    import psycopg
+    from psycopg_pool import PoolTimeout
+
+    seen: set[int] = set()
+    cause: BaseException | None = exc
+    while cause is not None and id(cause) not in seen:
+        seen.add(id(cause))
+        if isinstance(cause, PoolTimeout):
+            return DatabaseError(
+                f"no database connection became free in time: {_first_line(cause)}")
+        if isinstance(cause, psycopg.OperationalError | psycopg.InterfaceError):
+            what = f"{type(cause).__name__}: {_first_line(cause)}"
+            sqlstate = getattr(cause, "sqlstate", None) or ""
+            if isinstance(cause, psycopg.InterfaceError) or sqlstate[:2] in ("", "08", "57"):
+                return DatabaseError(
+                    f"lost the database connection ({what}); work committed before it is kept; "
+                    "run the command again when the database is back")
+            # Other operational errors: out of resources (53), over a limit (54), ...
+            return DatabaseError(f"the database could not complete the operation ({what})")
+        cause = cause.__cause__ or cause.__context__
+    return None
+
+
+def _first_line(exc: BaseException) -> str:
+    """The first non-blank line of an error's text (psycopg adds DETAIL and CONTEXT lines)."""
+    return next((line.strip() for line in str(exc).splitlines() if line.strip()), "no details")
+
+
+def _redacted(message: str) -> str:
+    from ragtune.tools.database import redact_url
+
+    return redact_url(message)
 
 
 if __name__ == "__main__":

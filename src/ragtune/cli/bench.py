@@ -60,13 +60,16 @@ def run_bench_qa(args: argparse.Namespace) -> int:
     """Run the QA benchmark and print its tables."""
     from ragtune.evaluation.qa import QABenchConfig, run_qa_bench
     from ragtune.evaluation.report import markdown, write_docs
+    from ragtune.tools.loaders.files import open_binary
 
     prices = {}
     if args.prices:
+        with open_binary(Path(args.prices)) as handle:  # refuses a FIFO or device, never hangs
+            raw = handle.read()
         try:
-            prices = json.loads(Path(args.prices).read_text(encoding="utf-8"))
-        except (OSError, ValueError) as exc:
-            raise InputError(f"Cannot read the price table {args.prices}: {exc}") from exc
+            prices = json.loads(raw.decode("utf-8"))
+        except (ValueError, RecursionError) as exc:  # UnicodeDecodeError is a ValueError
+            raise InputError(f"Cannot read the price table {args.prices}: {exc}") from None
     if args.workers < 1:
         raise InputError("--workers must be at least 1")
     config = QABenchConfig(
@@ -78,7 +81,7 @@ def run_bench_qa(args: argparse.Namespace) -> int:
         specialist_adapter=args.specialist_adapter, specialist_epochs=args.specialist_epochs,
         specialist_max_steps=args.specialist_max_steps, cpu_hour_usd=args.cpu_hour_usd,
         prices=prices, fresh=args.fresh, progress=not args.no_progress)
-    command = "ragtune " + " ".join(shlex.quote(a) for a in sys.argv[1:])
+    command = recorded_command(sys.argv[1:])
     try:
         with contextlib.redirect_stdout(sys.stderr):  # Trainer and tqdm chatter
             report = run_qa_bench(config, command=command)
@@ -100,3 +103,10 @@ def run_bench_qa(args: argparse.Namespace) -> int:
     print(markdown(report))
     print(f"wrote {', '.join(report['outputs'].values())}")
     return 0
+
+
+def recorded_command(argv: list[str]) -> str:
+    """The command line to store with results: shell-quoted, with every password redacted."""
+    from ragtune.tools.database import redact_url
+
+    return "ragtune " + " ".join(shlex.quote(redact_url(arg)) for arg in argv)

@@ -55,9 +55,13 @@ def run_finetune_command(args: argparse.Namespace) -> int:
     from ragtune.agents.adapters import AdapterRegistry
     from ragtune.agents.finetune.train import FinetuneConfig, run_finetune
     from ragtune.paths import ragtune_home
+    from ragtune.tools.database import redact_url
+    from ragtune.tools.loaders.files import check_readable
 
     if args.max_examples is not None and args.max_examples < 1:
         raise ConfigError("--max-examples must be at least 1")
+    for path in args.data:  # unreadable, a FIFO or a device: refused before any model loads
+        check_readable(path)
     config = FinetuneConfig(
         task=args.task, data=list(args.data), name=args.name, base=args.base, rank=args.rank,
         alpha=args.alpha, target_modules=args.target_modules, epochs=args.epochs,
@@ -68,7 +72,8 @@ def run_finetune_command(args: argparse.Namespace) -> int:
         restart=args.restart, progress=not args.no_progress)
     home = Path(args.home) if args.home else None
     registry = AdapterRegistry(ragtune_home(home) / "adapters")
-    command = "ragtune " + " ".join(shlex.quote(a) for a in _portable_argv(sys.argv[1:]))
+    command = "ragtune " + " ".join(shlex.quote(redact_url(a))
+                                    for a in _portable_argv(sys.argv[1:]))
     try:
         # Trainer prints its log lines to stdout; keep stdout for the summary.
         with contextlib.redirect_stdout(sys.stderr):

@@ -12,7 +12,9 @@ from typing import Any
 
 from ragtune.cli.questions import read_questions
 from ragtune.errors import InputError
+from ragtune.tools.loaders.files import describe_os_error
 from ragtune.tools.store import DEFAULT_COLLECTION, SEARCH_MODES
+from ragtune.tools.validation import MAX_K, k_problem, text_problem
 
 FORMATS = ("auto", "text", "jsonl", "hotpotqa", "musique")
 
@@ -44,9 +46,12 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
                             description="Search one query, or a JSONL file of queries.")
     p.add_argument("query", nargs="?", help="the query (omit with --queries)")
     p.add_argument("--queries", metavar="FILE.jsonl",
-                   help='batch mode: {"id", "question"} per line; one JSON line out per query')
+                   help='batch mode: {"id", "question"} per line; one JSON line out per query '
+                        '({"id", "error"} for one that fails; the batch goes on and exits 3 if '
+                        'any failed)')
     _collection_arg(p)
-    p.add_argument("-k", type=int, default=5, help="results per query (default 5)")
+    p.add_argument("-k", type=int, default=5,
+                   help=f"results per query, 1 to {MAX_K:,} (default 5)")
     p.add_argument("--mode", choices=SEARCH_MODES, default="hybrid",
                    help="dense, text or hybrid (default)")
     p.add_argument("--filter", metavar="JSON", help='metadata filter, e.g. \'{"year": {"$gte": '
@@ -90,8 +95,12 @@ def run_ingest(args: argparse.Namespace) -> int:
 
     make_splitter(args.chunk_size, args.chunk_overlap)  # bad settings fail before any work
     for path in args.paths:
-        if not Path(path).exists():
-            raise InputError(f"{path}: no such file or folder")
+        try:
+            Path(path).stat()
+        except FileNotFoundError:
+            raise InputError(f"{path}: no such file or folder") from None
+        except OSError as exc:
+            raise InputError(f"cannot read {path}: {describe_os_error(exc)}") from None
     bar = None
     if not (args.no_progress or args.json) and sys.stderr.isatty():
         from tqdm import tqdm
@@ -129,19 +138,18 @@ def run_search(args: argparse.Namespace) -> int:
     from ragtune.tools.filters import parse_filter
 
     flt = parse_filter(args.filter) if args.filter else None
-    if args.k < 1:
-        raise InputError(f"-k must be at least 1, not {args.k}")
+    if problem := k_problem(args.k, "-k"):
+        raise InputError(problem)
     if (args.query is None) == (args.queries is None):
         raise InputError("give a QUERY or --queries FILE.jsonl (not both)")
     if args.query is not None and not args.query.strip():
         raise InputError("the query is empty")
+    if args.query is not None and (problem := text_problem(args.query)):
+        raise InputError(f"the query {problem}")
     batch = read_questions(args.queries) if args.queries else None
     with open_store(args, create=False) as store:
         if batch is not None:
-            for qid, question in batch:
-                hits = store.retrieve(question, args.k, mode=args.mode, filter=flt)
-                print(json.dumps({"id": qid, "results": [h.to_json() for h in hits]}), flush=True)
-            return 0
+            return _search_batch(store, batch, args.k, args.mode, flt)
         hits = store.retrieve(args.query, args.k, mode=args.mode, filter=flt)
     if args.json:
         print(json.dumps({"query": args.query, "mode": args.mode,
@@ -152,6 +160,29 @@ def run_search(args: argparse.Namespace) -> int:
     for rank, hit in enumerate(hits, 1):
         snippet = " ".join(hit.text.split())[:160]
         print(f"{rank:>2}. [{hit.score:.4f}] {hit.title or hit.source}\n    {snippet}")
+    return 0
+
+
+def _search_batch(store: Any, batch: list[tuple[str, str]], k: int, mode: str,
+                  flt: dict[str, Any] | None) -> int:
+    """Print one JSON line per query; a query that fails gets an error line and the rest go on.
+
+    Returns:
+        0, or `InputError.exit_code` when any query failed (their count goes to stderr).
+    """
+    failures = 0
+    for qid, question in batch:
+        try:
+            hits = store.retrieve(question, k, mode=mode, filter=flt)
+        except InputError as exc:
+            failures += 1
+            print(json.dumps({"id": qid, "error": str(exc)}), flush=True)
+            continue
+        print(json.dumps({"id": qid, "results": [h.to_json() for h in hits]}), flush=True)
+    if failures:
+        print(f'error: {failures} of {len(batch)} queries failed (see their "error" lines)',
+              file=sys.stderr)
+        return InputError.exit_code
     return 0
 
 

@@ -335,6 +335,24 @@ bound).
 """
 
 
+def redact_command(command: str) -> str:
+    """Return a shell command line with every password in it replaced by `***`.
+
+    Each argument is redacted on its own (`redact_url`: URL userinfo, ``?password=``, key=value
+    connection strings), so the shell quoting of the line survives; a line that does not split
+    as shell words is redacted whole.
+    """
+    import shlex
+
+    from ragtune.tools.database import redact_url
+
+    try:
+        words = shlex.split(command)
+    except ValueError:
+        return redact_url(command)
+    return " ".join(shlex.quote(redact_url(word)) for word in words)
+
+
 def write_docs(report: Mapping[str, Any], path: Path, *, command: str) -> None:
     """Write (or update) this run's section of `docs/results.md`, with its plots beside it.
 
@@ -343,6 +361,7 @@ def write_docs(report: Mapping[str, Any], path: Path, *, command: str) -> None:
     next to the page and linked from the section.
     """
     settings = report["settings"]
+    command = redact_command(command)
     results_file = report.get("outputs", {}).get("results")
     key = (Path(str(results_file)).parent.name if results_file
            else f"{settings.get('dataset')}-{settings.get('split')}")
