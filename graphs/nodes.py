@@ -41,6 +41,11 @@ def validate_question(question: Any, max_chars: int) -> str:
     text = question.strip()
     if not text:
         raise InputError("The question is empty")
+    from ragtune.tools.validation import text_problem
+
+    problem = text_problem(text)
+    if problem is not None:
+        raise InputError(f"The question {problem}")
     if len(text) > max_chars:
         raise InputError(f"The question has {len(text)} characters; the limit is {max_chars} "
                          "(Context.max_question_chars)")

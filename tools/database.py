@@ -54,14 +54,23 @@ def connect(url: str, *, autocommit: bool = False) -> psycopg.Connection[Any]:
 
 
 def redact_url(url: str) -> str:
-    """Return `url` with any password replaced by `***`, for messages and logs."""
-    from urllib.parse import urlsplit, urlunsplit
+    """Return `url` with every password replaced by `***`, for messages, logs and records.
 
-    parts = urlsplit(url)
-    if parts.password:
-        netloc = parts.netloc.replace(f":{parts.password}@", ":***@")
-        return urlunsplit(parts._replace(netloc=netloc))
-    return url
+    Handles the three ways libpq takes a password, also inside a longer text (an error message,
+    a command line): a URL's userinfo (``postgresql://user:PASSWORD@host``), a URL query
+    parameter (``?password=PASSWORD``, also ``sslpassword``), and a key=value connection string
+    (``host=h password=PASSWORD``, or a quoted ``password='a b\\'c'``). Applying it twice
+    changes nothing more.
+    """
+    import re
+
+    # userinfo up to the authority's last "@": a password may itself hold an unencoded "@".
+    text = re.sub(r"(?i)([a-z][a-z0-9+.-]*://[^\s/?#:@]*:)[^\s/?#]*(?=@)", r"\1***", url)
+    text = re.sub(r"(?i)([?&](?:ssl)?password=)[^&#\s]*", r"\1***", text)
+    # key=value: a quoted value runs to its closing quote (backslash escapes), else to a space;
+    # a value already redacted keeps the quote that may follow it.
+    return re.sub(r"(?i)(?<![?&\w])((?:ssl)?password\s*=\s*)"
+                  r"(?:'(?:[^'\\]|\\.)*'?|\*\*\*(?![^\s'\"])|\S+)", r"\1***", text)
 
 
 def migrate(conn: psycopg.Connection[Any], migrations: Sequence[Migration] = MIGRATIONS) -> int:

@@ -9,7 +9,8 @@ from typing import Any
 
 from ragtune.agents.context import ROUTING_POLICIES
 from ragtune.cli.questions import read_questions
-from ragtune.errors import InputError, RagtuneError
+from ragtune.errors import DatabaseError, InputError, RagtuneError
+from ragtune.tools.validation import MAX_K, k_problem
 
 
 def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -19,12 +20,15 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
                             "answer with citations.")
     p.add_argument("question", nargs="?", help="the question (omit with --questions)")
     p.add_argument("--questions", metavar="FILE.jsonl",
-                   help='batch mode: {"id", "question"} per line; one JSON line out per question')
+                   help='batch mode: {"id", "question"} per line; one JSON line out per question '
+                        '({"id", "error"} for one that fails; the batch goes on and exits 3 if '
+                        'any failed)')
     p.add_argument("--collection", "-c", default=None, help="collection to retrieve from")
     p.add_argument("--policy", choices=ROUTING_POLICIES, default=None, help="routing policy")
     p.add_argument("--model", default=None, metavar="PROVIDER:MODEL",
                    help="chat model (default local:gemma-3-270m)")
-    p.add_argument("-k", type=int, default=None, help="paragraphs per retrieval")
+    p.add_argument("-k", type=int, default=None,
+                   help=f"paragraphs per retrieval (1 to {MAX_K:,})")
     p.add_argument("--thread-id", default=None, help="checkpoint the run under this thread")
     p.add_argument("--trace", action="store_true", help="print the route trace")
     p.add_argument("--json", action="store_true", help="print JSON")
@@ -52,6 +56,8 @@ def run_ask(args: argparse.Namespace) -> int:
 
     if (args.question is None) == (args.questions is None):
         raise InputError("give a QUESTION or --questions FILE.jsonl (not both)")
+    if args.k is not None and (problem := k_problem(args.k, "-k")):
+        raise InputError(problem)
     batch = read_questions(args.questions, allow_blank=True) if args.questions else None
     overrides = {"collection": args.collection, "routing_policy": args.policy,
                  "model": args.model, "k": args.k}
@@ -75,10 +81,13 @@ def run_ask(args: argparse.Namespace) -> int:
         for qid, question in batch:
             try:
                 print(json.dumps(_line(qid, agent.ask(question))), flush=True)
+            except DatabaseError:
+                raise  # every later question would fail the same way: stop with exit 4
             except RagtuneError as exc:
                 failures += 1
                 print(json.dumps({"id": qid, "error": str(exc)}), flush=True)
         if failures:
-            print(f"error: {failures} of {len(batch)} questions failed", file=sys.stderr)
+            print(f"error: {failures} of {len(batch)} questions failed (see their \"error\" "
+                  "lines)", file=sys.stderr)
             return InputError.exit_code
     return 0

@@ -84,7 +84,7 @@ def run_qa_bench(config: QABenchConfig, *, models: StrategyModels | None = None,
         ConfigError: Missing data folder, unknown model or missing credentials.
     """
     from ragtune.agents.models import check_model_spec
-    from ragtune.evaluation.report import build_report, write_outputs
+    from ragtune.evaluation.report import build_report, redact_command, write_outputs
 
     strategies = config.strategy_list()
     check_model_spec(config.model)
@@ -124,7 +124,8 @@ def run_qa_bench(config: QABenchConfig, *, models: StrategyModels | None = None,
                     {"kind": "api", "price": config.prices.get(config.model)})
              for name in RUN_STRATEGIES}
     report = build_report(results, {**settings, "strategies": strategies,
-                                    "cpu_hour_usd": config.cpu_hour_usd, "command": command},
+                                    "cpu_hour_usd": config.cpu_hour_usd,
+                                    "command": redact_command(command)},
                           costs=costs, update_costs=update_costs)
     report["outputs"] = {k: str(v) for k, v in write_outputs(report, results, out_dir).items()}
     return report
