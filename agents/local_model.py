@@ -16,10 +16,10 @@ import time
 from collections.abc import AsyncIterator, Generator, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, Self
 
 from langchain_core.callbacks import AsyncCallbackManagerForLLMRun, CallbackManagerForLLMRun
-from langchain_core.language_models import BaseChatModel
+from langchain_core.language_models import BaseChatModel, LangSmithParams
 from langchain_core.messages import (
     AIMessage,
     AIMessageChunk,
@@ -30,7 +30,9 @@ from langchain_core.messages import (
 )
 from langchain_core.messages.ai import UsageMetadata
 from langchain_core.outputs import ChatGeneration, ChatGenerationChunk, ChatResult
-from pydantic import ConfigDict, Field
+from pydantic import ConfigDict, Field, model_validator
+
+from ragtune.errors import ConfigError
 
 FinishReason = Literal["stop", "length"]
 
@@ -173,6 +175,8 @@ class GenerationSettings:
         top_p: Nucleus sampling mass when sampling; None leaves it off.
         stop: Stop sequences; the text is cut at the first one.
         strip: Strip leading and trailing whitespace of the result.
+        timeout: Seconds the generation may take, waiting for the model's lock included; past
+            them it stops and raises `TimeoutError` (no half answer is returned). None: no limit.
     """
 
     max_new_tokens: int = 256
@@ -180,6 +184,7 @@ class GenerationSettings:
     top_p: float | None = None
     stop: tuple[str, ...] = ()
     strip: bool = False
+    timeout: float | None = None
 
 
 @dataclass(frozen=True)
@@ -402,32 +407,47 @@ class LocalCausalLM:
         adapter: str | None = None,
         scores: bool = False,
     ) -> Any:
-        """Run `generate` under the lock; with `scores`, return its dict with per-step logits."""
+        """Run `generate` under the lock; with `scores`, return its dict with per-step logits.
+
+        Raises:
+            TimeoutError: `settings.timeout` passed, waiting for the lock or generating.
+        """
         import torch
         from transformers import StoppingCriteriaList
 
+        deadline = None if settings.timeout is None else time.monotonic() + settings.timeout
         sampling: dict[str, Any] = {"do_sample": False}
         if settings.temperature > 0:
             sampling = {"do_sample": True, "temperature": settings.temperature}
             if settings.top_p is not None:
                 sampling["top_p"] = settings.top_p
         criterion = _StopCriterion(
-            self.tokenizer, int(inputs["input_ids"].shape[1]), settings.stop, cancel
+            self.tokenizer, int(inputs["input_ids"].shape[1]), settings.stop, cancel, deadline
         )
         pad_token_id = self.tokenizer.pad_token_id
         if pad_token_id is None:
             pad_token_id = self.tokenizer.eos_token_id
-        with self._lock, torch.inference_mode(), self._activate(adapter):
-            return self.model.generate(
-                **inputs,
-                max_new_tokens=settings.max_new_tokens,
-                stopping_criteria=StoppingCriteriaList([criterion]),
-                streamer=streamer,
-                pad_token_id=pad_token_id,
-                output_scores=scores,
-                return_dict_in_generate=scores,
-                **sampling,
-            )
+        if not self._lock.acquire(timeout=-1 if settings.timeout is None else settings.timeout):
+            raise TimeoutError(f"The local model {self.model_id} stayed busy with other calls "
+                               f"for the whole {settings.timeout:g} s timeout")
+        try:
+            with torch.inference_mode(), self._activate(adapter):
+                output = self.model.generate(
+                    **inputs,
+                    max_new_tokens=settings.max_new_tokens,
+                    stopping_criteria=StoppingCriteriaList([criterion]),
+                    streamer=streamer,
+                    pad_token_id=pad_token_id,
+                    output_scores=scores,
+                    return_dict_in_generate=scores,
+                    **sampling,
+                )
+        finally:
+            self._lock.release()
+        if criterion.timed_out:
+            raise TimeoutError(f"Generation on {self.model_id} ran past its {settings.timeout:g} s "
+                               "timeout")
+        return output
 
     @contextlib.contextmanager
     def _activate(self, adapter: str | None) -> Iterator[None]:
@@ -459,18 +479,23 @@ class _StopCriterion:
     """A transformers stopping criterion: a stop sequence was generated, or the caller cancelled."""
 
     def __init__(
-        self, tokenizer: Any, prompt_length: int, stop: Sequence[str], cancel: threading.Event
+        self, tokenizer: Any, prompt_length: int, stop: Sequence[str], cancel: threading.Event,
+        deadline: float | None = None,
     ) -> None:
         self.tokenizer = tokenizer
         self.prompt_length = prompt_length
         self.stop = tuple(s for s in stop if s)
         self.cancel = cancel
+        self.deadline = deadline
+        self.timed_out = False
 
     def __call__(self, input_ids: Any, scores: Any, **kwargs: Any) -> Any:
         import torch
 
         rows = input_ids.shape[0]
-        if self.cancel.is_set():
+        if self.deadline is not None and time.monotonic() > self.deadline:
+            self.timed_out = True
+        if self.cancel.is_set() or self.timed_out:
             return torch.ones((rows,), dtype=torch.bool, device=input_ids.device)
         done = [False] * rows
         if self.stop:
@@ -485,17 +510,27 @@ class LocalChatModel(BaseChatModel):
 
     Messages are rendered with `prompt_format` (see `PLAIN_QA_FORMAT`); generation is greedy unless
     `temperature` > 0 and stops at the format's stop sequences plus `stop`. Calls may override
-    `max_new_tokens`, `temperature` and `top_p` as keyword arguments. Use `generate_text` for raw
-    few-shot completion prompts. Generation on one `LocalCausalLM` is serialised by its lock, so
-    instances sharing it can be used from many threads.
+    `max_new_tokens` (alias `max_tokens`), `temperature`, `top_p` and `timeout` as keyword
+    arguments. Use `generate_text` for raw few-shot completion prompts. Generation on one
+    `LocalCausalLM` is serialised by its lock, so instances sharing it can be used from many
+    threads.
+
+    LangChain's standard parameters are accepted: `model` (checked against the loaded weights),
+    `max_tokens`, `temperature`, `stop`, `timeout`, `max_retries` and `streaming`. A base model
+    cannot call tools, so `bind_tools` and `with_structured_output` raise `NotImplementedError`
+    (LangChain's own behaviour for models without tool calling).
     """
 
-    model_config = ConfigDict(extra="forbid", arbitrary_types_allowed=True, protected_namespaces=())
+    model_config = ConfigDict(extra="forbid", arbitrary_types_allowed=True, protected_namespaces=(),
+                              validate_by_name=True, validate_by_alias=True)
 
     runtime: LocalCausalLM = Field(exclude=True)
     """The loaded model, tokenizer and lock (shared by every chat model made from it)."""
-    max_new_tokens: int = 256
-    """Most tokens to generate per call."""
+    model: str | None = None
+    """The weights this chat model must run (e.g. "google/gemma-3-270m"), checked against the
+    runtime's `model_id` when set, here and per call; None takes whatever the runtime holds."""
+    max_new_tokens: int = Field(default=256, ge=1, alias="max_tokens")
+    """Most tokens to generate per call (LangChain's `max_tokens` names it too)."""
     temperature: float = 0.0
     """0 for greedy decoding, else the sampling temperature."""
     top_p: float | None = None
@@ -504,6 +539,34 @@ class LocalChatModel(BaseChatModel):
     """Extra stop sequences for every call."""
     prompt_format: PromptFormat = PLAIN_QA_FORMAT
     """How messages become the completion prompt."""
+    timeout: float | None = Field(default=None, gt=0)
+    """Seconds one call may take, waiting for a busy model included; past them it raises
+    `TimeoutError` instead of returning a cut-off answer. None: no limit."""
+    max_retries: int = Field(default=0, ge=0)
+    """Accepted with LangChain's standard parameters; nothing is retried: generation runs in this
+    process (no network to fail) and greedy decoding of the same prompt gives the same text."""
+    streaming: bool = False
+    """Whether `invoke` generates through `_stream` (callbacks then see each token as it comes;
+    the reply then carries no `mean_logprob`)."""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _one_token_limit(cls, data: Any) -> Any:
+        if isinstance(data, Mapping) and "max_tokens" in data and "max_new_tokens" in data:
+            raise ValueError("Give max_new_tokens or its alias max_tokens, not both")
+        return data
+
+    @model_validator(mode="after")
+    def _check_model(self) -> Self:
+        self._check_requested_model(self.model)
+        return self
+
+    def _check_requested_model(self, requested: Any) -> None:
+        if requested is not None and requested != self.runtime.model_id:
+            raise ConfigError(
+                f"model={requested!r} is not the loaded local model {self.runtime.model_id!r}; "
+                "a LocalChatModel runs the weights of its runtime only"
+            )
 
     @property
     def model_id(self) -> str:
@@ -558,15 +621,23 @@ class LocalChatModel(BaseChatModel):
         """The loaded adapter a call runs with; the plain chat model always uses the base."""
         return None
 
-    def with_structured_output(
-        self, schema: Any, *, include_raw: bool = False, **kwargs: Any
-    ) -> Any:
-        """Refuse: a base model has no tool calling to build structured output on."""
-        raise NotImplementedError(
-            "LocalChatModel has no structured output: the local base model cannot call tools. "
-            "Use a few-shot prompt with generate_text and parse the text, or an API chat model "
-            "(e.g. 'openai:gpt-4o-mini')."
+    def _get_ls_params(self, stop: list[str] | None = None, **kwargs: Any) -> LangSmithParams:
+        """Standard tracing parameters: which weights ran, and the call's decoding settings.
+
+        A call's `model=` is reported as asked (the call itself fails if it names other weights).
+        """
+        settings = self._settings(stop, {k: v for k, v in kwargs.items() if k != "model"},
+                                  chat=False)
+        params = LangSmithParams(
+            ls_provider="ragtune",
+            ls_model_name=str(kwargs.get("model") or self.model_id),
+            ls_model_type="chat",
+            ls_temperature=settings.temperature,
+            ls_max_tokens=settings.max_new_tokens,
         )
+        if settings.stop:
+            params["ls_stop"] = list(settings.stop)
+        return params
 
     def _settings(
         self, stop: list[str] | None, kwargs: Mapping[str, Any], *, chat: bool
@@ -575,6 +646,7 @@ class LocalChatModel(BaseChatModel):
             value = kwargs.get(name)
             return default if value is None else value
 
+        self._check_requested_model(kwargs.get("model"))
         stops = [*(self._format(kwargs).stop if chat else ()), *(self.stop or []),
                  *(stop or [])]
         return GenerationSettings(
@@ -584,6 +656,7 @@ class LocalChatModel(BaseChatModel):
             top_p=pick("top_p", self.top_p),
             stop=tuple(dict.fromkeys(stops)),
             strip=chat,
+            timeout=pick("timeout", self.timeout),
         )
 
     def _generate(

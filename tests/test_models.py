@@ -335,8 +335,65 @@ def test_model_identity_and_refusals(chat: LocalChatModel) -> None:
     assert chat.base_fingerprint == "f" * 64
     assert chat._llm_type == "ragtune-local"
     assert chat._identifying_params["model_id"] == "tests/scripted-llama"
-    with pytest.raises(NotImplementedError, match="structured output"):
+    # No tool calling, so no structured output: LangChain's own refusal for such models.
+    with pytest.raises(NotImplementedError, match="with_structured_output is not implemented"):
         chat.with_structured_output(dict)
+    with pytest.raises(NotImplementedError):
+        chat.bind_tools([])
+
+
+def test_standard_parameters_are_accepted_and_honoured(runtime: LocalCausalLM) -> None:
+    chat = LocalChatModel(runtime=runtime, model="tests/scripted-llama", max_tokens=7,
+                          temperature=0, timeout=60, max_retries=2, stop=[])
+    assert chat.max_new_tokens == 7
+    assert chat.invoke(QUESTION).content == _expected(7).strip()
+    assert chat.invoke(QUESTION, max_tokens=3).content == _expected(3).strip()
+    assert chat.invoke(QUESTION, model="tests/scripted-llama").content == _expected(7).strip()
+    with pytest.raises(ConfigError, match="not the loaded local model"):
+        chat.invoke(QUESTION, model="google/gemma-3-270m")
+    with pytest.raises(ConfigError, match="not the loaded local model"):
+        LocalChatModel(runtime=runtime, model="google/gemma-3-270m")
+    with pytest.raises(ValueError, match="not both"):
+        LocalChatModel(runtime=runtime, max_tokens=5, max_new_tokens=7)
+    assert chat._get_ls_params(stop=["x"]) == {
+        "ls_provider": "ragtune", "ls_model_name": "tests/scripted-llama",
+        "ls_model_type": "chat", "ls_temperature": 0.0, "ls_max_tokens": 7, "ls_stop": ["x"]}
+    assert chat._get_ls_params(max_tokens=2)["ls_max_tokens"] == 2
+
+
+def test_streaming_true_makes_invoke_stream(runtime: LocalCausalLM) -> None:
+    from langchain_core.callbacks import BaseCallbackHandler
+
+    class Tokens(BaseCallbackHandler):
+        def __init__(self) -> None:
+            self.tokens: list[str] = []
+
+        def on_llm_new_token(self, token: str, **kwargs: Any) -> None:
+            self.tokens.append(token)
+
+    plain, streamed = Tokens(), Tokens()
+    text = LocalChatModel(runtime=runtime, max_new_tokens=12).invoke(
+        QUESTION, config={"callbacks": [plain]})
+    reply = LocalChatModel(runtime=runtime, max_new_tokens=12, streaming=True).invoke(
+        QUESTION, config={"callbacks": [streamed]})
+    assert reply.content == text.content == _expected(12).strip()
+    assert plain.tokens == [] and "".join(streamed.tokens) == reply.content
+    assert reply.usage_metadata and reply.usage_metadata["output_tokens"] == 12
+
+
+def test_timeout_raises_instead_of_returning_a_cut_answer(runtime: LocalCausalLM) -> None:
+    chat = LocalChatModel(runtime=runtime, max_new_tokens=50, timeout=1e-9)
+    with pytest.raises(TimeoutError, match="timeout"):
+        chat.invoke(QUESTION)
+    with pytest.raises(TimeoutError, match="timeout"):
+        list(chat.stream(QUESTION))
+    # Waiting for a model that another call holds counts against the timeout too.
+    with runtime._lock, pytest.raises(TimeoutError, match="busy"):
+        LocalChatModel(runtime=runtime, timeout=0.05).invoke(QUESTION)
+    assert LocalChatModel(runtime=runtime, max_new_tokens=4, timeout=60).invoke(
+        QUESTION).content == _expected(4).strip()
+    with pytest.raises(ValueError, match="greater than 0"):
+        LocalChatModel(runtime=runtime, timeout=0)
 
 
 # --- specs, providers and the local model cache -----------------------------------------------
