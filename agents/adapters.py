@@ -11,13 +11,23 @@ returns to the previously promoted version.
 Two roots are searched: the user's registry (`$RAGTUNE_HOME/adapters`, writable) and the adapters
 shipped in the package (read-only, `ragtune/agents/artifacts/adapters`). Promotion state always
 lives in the user's registry; a shipped adapter's first version counts as promoted until then.
-Adapters are loaded from safetensors only; a file whose sha256 differs from its manifest is refused.
+A shipped version's number belongs to it: a user folder with the same name and number (a copy made
+by hand) is never used in its place, and is reported as ignored; new user versions are numbered
+after every existing one, shipped ones included. Adapters are loaded from safetensors only; a file
+whose sha256 differs from its manifest is refused.
+
+A damaged version (unreadable manifest, missing or corrupt file, a pickle) stays listed with what is
+wrong (`AdapterVersion.damage`, `check`). Naming it (`NAME@N`, or `NAME` when it is the promoted
+one) fails with that reason; the automatic choice of adapters (`find`) skips it with a logged
+warning and keeps every other adapter working.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
+import logging
 import os
 import shutil
 import threading
@@ -29,12 +39,16 @@ from typing import Any
 
 from ragtune.errors import AdapterError
 
+log = logging.getLogger(__name__)
+
 MANIFEST = "manifest.json"
 ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors")
 STATE = "promotion.json"
 SHIPPED_ROOT = Path(__file__).parent / "artifacts" / "adapters"
 _NAME_CHARS = set("abcdefghijklmnopqrstuvwxyz0123456789-_.")
 _LOCK = threading.Lock()
+_WARNED: set[str] = set()
+_WARNED_LOCK = threading.Lock()
 
 
 @dataclass(frozen=True)
@@ -47,6 +61,9 @@ class AdapterVersion:
         path: The directory holding its files.
         manifest: Its manifest.
         shipped: Whether it ships with ragtune (read-only).
+        damage: What makes it unusable, as found without hashing (an unreadable manifest, a
+            missing file, a pickle), or what hid it (a user copy of a shipped version); None
+            when nothing is wrong so far (`AdapterRegistry.check` also compares the sha256s).
     """
 
     name: str
@@ -54,11 +71,17 @@ class AdapterVersion:
     path: Path
     manifest: dict[str, Any]
     shipped: bool = False
+    damage: str | None = None
 
     @property
     def ref(self) -> str:
         """`NAME@VERSION`."""
         return f"{self.name}@{self.version}"
+
+    @property
+    def hidden(self) -> bool:
+        """Whether this is a user folder that a shipped version of the same number hides."""
+        return self.damage is not None and self.damage.startswith("hidden by ")
 
     @property
     def task(self) -> str:
@@ -120,31 +143,42 @@ class AdapterRegistry:
     # -- reading ---------------------------------------------------------------------------
 
     def names(self) -> list[str]:
-        """Return every adapter name, sorted."""
+        """Return every adapter name, sorted (folders that cannot name an adapter are skipped)."""
         found: set[str] = set()
         for root in self._roots():
             if root.is_dir():
-                found.update(p.name for p in root.iterdir()
-                             if p.is_dir() and not p.name.startswith("."))
+                for path in root.iterdir():
+                    if not path.is_dir() or path.name.startswith("."):
+                        continue
+                    if _is_valid_name(path.name):
+                        found.add(path.name)
+                    else:
+                        _warn_once(f"Ignoring the adapter folder {path}: {path.name!r} is not a "
+                                   "valid adapter name.")
         return sorted(found)
 
     def versions(self, name: str) -> list[AdapterVersion]:
-        """Return the versions of `name`, oldest first (user versions shadow shipped ones)."""
-        validate_name(name)
-        found: dict[int, AdapterVersion] = {}
-        for root, shipped in ((self.shipped_root, True), (self.root, False)):
-            folder = root / name if root is not None else None
-            if folder is None or not folder.is_dir():
-                continue
-            for path in folder.iterdir():
-                if path.is_dir() and path.name.startswith("v") and path.name[1:].isdigit():
-                    manifest = _read_manifest(path)
-                    number = int(path.name[1:])
-                    found[number] = AdapterVersion(name, number, path, manifest, shipped)
-        return [found[v] for v in sorted(found)]
+        """Return the versions of `name`, oldest first, damaged ones included (see `damage`)."""
+        return sorted(self._scan(name)[0].values(), key=lambda v: v.version)
+
+    def ignored(self, name: str) -> list[AdapterVersion]:
+        """Return the user folders of `name` that a shipped version of the same number hides."""
+        return self._scan(name)[1]
+
+    def check(self, version: AdapterVersion, *, base_sha256: str | None = None) -> str | None:
+        """Return what is wrong with `version` (files, sha256s, base), or None when it is intact."""
+        try:
+            self.verify(version, base_sha256=base_sha256)
+        except AdapterError as exc:
+            return str(exc)
+        return None
 
     def promoted(self, name: str) -> AdapterVersion | None:
-        """Return the promoted version of `name` (None when it has no versions)."""
+        """Return the promoted version of `name` (None when it has no versions).
+
+        Raises:
+            AdapterError: The promotion state of `name` is unreadable.
+        """
         versions = {v.version: v for v in self.versions(name)}
         if not versions:
             return None
@@ -155,11 +189,16 @@ class AdapterRegistry:
         shipped = [v for v in versions.values() if v.shipped]
         return shipped[0] if shipped else None
 
-    def resolve(self, ref: str) -> AdapterVersion:
+    def resolve(self, ref: str, *, allow_damaged: bool = False) -> AdapterVersion:
         """Return the version `ref` names (`NAME`: the promoted one; `NAME@N`: version N).
 
+        Args:
+            ref: `NAME` or `NAME@N`.
+            allow_damaged: Return a damaged version instead of refusing it (to show or remove it).
+
         Raises:
-            AdapterError: Unknown name or version, or no version of it is promoted.
+            AdapterError: Unknown name or version, no version of it is promoted, or the version is
+                damaged.
         """
         name, number = parse_ref(ref)
         versions = self.versions(name)
@@ -171,23 +210,47 @@ class AdapterRegistry:
             if promoted is None:
                 raise AdapterError(f"No version of adapter {name!r} is promoted; run "
                                    f"`ragtune adapters promote {name}@N`.")
-            return promoted
-        for version in versions:
-            if version.version == number:
-                return version
-        listed = ", ".join(str(v.version) for v in versions)
-        raise AdapterError(f"Adapter {name!r} has no version {number} (versions: {listed}).")
+            found = promoted
+        else:
+            match = [v for v in versions if v.version == number]
+            if not match:
+                listed = ", ".join(str(v.version) for v in versions)
+                raise AdapterError(f"Adapter {name!r} has no version {number} "
+                                   f"(versions: {listed}).")
+            found = match[0]
+        if found.damage is not None and not allow_damaged:
+            raise AdapterError(_damaged_message(found, promoted=number is None))
+        return found
 
     def find(self, *, task: str | tuple[str, ...], base_sha256: str | None = None
              ) -> list[AdapterVersion]:
-        """Return the promoted version of every adapter whose task is in `task` (and base)."""
+        """Return the promoted version of every adapter whose task is in `task` (and base).
+
+        This is the automatic choice, so nothing damaged stops it: an adapter whose promotion
+        state, manifest or files are damaged is skipped with a logged warning (once per process),
+        as is a user folder that a shipped version hides; the other adapters are still found.
+        """
         tasks = (task,) if isinstance(task, str) else task
         found = []
         for name in self.names():
-            version = self.promoted(name)
-            if version is None or version.task not in tasks:
+            versions, hidden = self._scan(name)
+            for damaged in [*hidden, *versions.values()]:
+                if damaged.damage is not None:
+                    _warn_once(f"{_damaged_message(damaged, promoted=False)} Skipping it.")
+            try:
+                version = self.promoted(name)
+            except AdapterError as exc:
+                _warn_once(f"Skipping adapter {name!r}: {exc}")
                 continue
-            if base_sha256 is not None and version.base_sha256 != base_sha256:
+            if version is None or version.damage is not None:
+                continue
+            if version.task not in tasks or (base_sha256 is not None and
+                                             version.base_sha256 != base_sha256):
+                continue
+            problem = self.check(version)
+            if problem is not None:
+                _warn_once(f"Skipping adapter {name!r} (its promoted version): {problem} Fix "
+                           "it, remove it or promote another version.")
                 continue
             found.append(version)
         return found
@@ -196,21 +259,17 @@ class AdapterRegistry:
         """Check `version`'s files against its manifest (and its base against `base_sha256`).
 
         Raises:
-            AdapterError: A file is missing or its sha256 differs, a pickle file is present, or the
-                adapter was trained on other base weights.
+            AdapterError: The manifest is unreadable, a file is missing or its sha256 differs, a
+                pickle file is present, the folder is a user copy hidden by a shipped version, or
+                the adapter was trained on other base weights.
         """
-        if any(version.path.glob("*.bin")) or any(version.path.glob("*.pt")):
-            raise AdapterError(f"Adapter {version.ref} contains pickle files (.bin/.pt); only "
-                               "safetensors adapters are loaded.")
-        expected = version.manifest.get("files", {})
+        # The files are looked at again: they may have changed since `version` was read.
+        problem = _hidden_by(version) or _file_problem(version.path, version.manifest)
+        if problem is not None:
+            raise AdapterError(f"Adapter {version.ref} {problem}.")
+        expected = version.manifest["files"]
         for filename in ADAPTER_FILES:
-            path = version.path / filename
-            if filename not in expected:
-                raise AdapterError(f"Adapter {version.ref}: manifest lists no sha256 of "
-                                   f"{filename}.")
-            if not path.is_file():
-                raise AdapterError(f"Adapter {version.ref} is incomplete: {filename} is missing.")
-            actual = file_sha256(path)
+            actual = file_sha256(version.path / filename)
             if actual != expected[filename]:
                 raise AdapterError(
                     f"Adapter {version.ref} is corrupt: {filename} has sha256 {actual[:12]}..., "
@@ -236,8 +295,7 @@ class AdapterRegistry:
             if not (files_dir / filename).is_file():
                 raise AdapterError(f"Cannot register {files_dir}: {filename} is missing.")
         with _LOCK, _file_lock(self.root / f".{name}.lock"):
-            existing = self.versions(name)
-            number = max((v.version for v in existing), default=0) + 1
+            number = max(self._folder_numbers(name), default=0) + 1
             manifest = dict(manifest, name=name, version=number,
                             created_at=manifest.get("created_at") or _now())
             manifest["files"] = {f: file_sha256(files_dir / f) for f in ADAPTER_FILES}
@@ -262,8 +320,8 @@ class AdapterRegistry:
         validate_name(name)
         with _LOCK, _file_lock(self.root / f".{name}.lock"):
             state = self._state(name)
-            history = [v for v in state.get("history", [])
-                       if v in {x.version for x in self.versions(name)}]
+            present = {x.version for x in self.versions(name)}
+            history = [v for v in state.get("history", []) if v in present]
             if len(history) < 2:
                 raise AdapterError(f"Adapter {name!r} has no earlier promotion to roll back to.")
             history.pop()
@@ -277,7 +335,7 @@ class AdapterRegistry:
         name, number = parse_ref(ref)
         if number is None:
             raise AdapterError(f"Name a version to remove: {name}@N.")
-        version = self.resolve(ref)
+        version = self.resolve(ref, allow_damaged=True)
         if version.shipped:
             raise AdapterError(f"{version.ref} ships with ragtune and cannot be removed.")
         promoted = self.promoted(name)
@@ -307,6 +365,24 @@ class AdapterRegistry:
     def _roots(self) -> list[Path]:
         return [r for r in (self.shipped_root, self.root) if r is not None]
 
+    def _scan(self, name: str) -> tuple[dict[int, AdapterVersion], list[AdapterVersion]]:
+        """Read every version folder of `name`: (versions by number, user folders hidden)."""
+        validate_name(name)
+        found = {v.version: v for v in _read_versions(self.shipped_root, name, shipped=True)}
+        hidden = []
+        for version in _read_versions(self.root, name, shipped=False):
+            shipped = found.get(version.version)
+            if shipped is None:
+                found[version.version] = version
+            else:
+                hidden.append(dataclasses.replace(version, damage=f"hidden by the shipped "
+                                                  f"{shipped.ref}"))
+        return found, hidden
+
+    def _folder_numbers(self, name: str) -> list[int]:
+        return [int(p.name[1:]) for root in self._roots() if (root / name).is_dir()
+                for p in (root / name).iterdir() if _is_version_folder(p)]
+
     def _state(self, name: str) -> dict[str, Any]:
         try:
             state = json.loads((self.root / name / STATE).read_text(encoding="utf-8"))
@@ -324,14 +400,87 @@ class AdapterRegistry:
         self._write_state(name, {"history": [*history, number]})
 
 
-def _read_manifest(path: Path) -> dict[str, Any]:
+def _read_versions(root: Path | None, name: str, *, shipped: bool) -> list[AdapterVersion]:
+    folder = root / name if root is not None else None
+    if folder is None or not folder.is_dir():
+        return []
+    versions = []
+    for path in folder.iterdir():
+        if _is_version_folder(path):
+            manifest, problem = _read_manifest(path)
+            versions.append(AdapterVersion(name, int(path.name[1:]), path, manifest, shipped,
+                                           problem or _file_problem(path, manifest)))
+    return versions
+
+
+def _is_version_folder(path: Path) -> bool:
+    return path.is_dir() and path.name.startswith("v") and path.name[1:].isdigit() and \
+        int(path.name[1:]) >= 1
+
+
+def _is_valid_name(name: str) -> bool:
+    try:
+        validate_name(name)
+    except AdapterError:
+        return False
+    return True
+
+
+def _read_manifest(path: Path) -> tuple[dict[str, Any], str | None]:
+    """Return (the manifest, None), or ({}, what is wrong with it)."""
     try:
         manifest = json.loads((path / MANIFEST).read_text(encoding="utf-8"))
     except FileNotFoundError:
-        return {}
+        return {}, f"is incomplete: {MANIFEST} is missing"
     except (OSError, ValueError) as exc:
-        raise AdapterError(f"Adapter manifest {path / MANIFEST} is unreadable: {exc}") from exc
-    return manifest if isinstance(manifest, dict) else {}
+        return {}, f"has an unreadable {MANIFEST} ({type(exc).__name__}: {exc})"
+    if not isinstance(manifest, dict) or not all(
+            isinstance(manifest.get(key, {}), dict) for key in ("files", "base", "metrics")):
+        return {}, f"has a {MANIFEST} that is not a ragtune adapter manifest"
+    return manifest, None
+
+
+def _file_problem(path: Path, manifest: dict[str, Any]) -> str | None:
+    """What is wrong with a version's files short of hashing them, or None."""
+    if not manifest:
+        return _read_manifest(path)[1] or f"has an empty {MANIFEST}"
+    if any(path.glob("*.bin")) or any(path.glob("*.pt")):
+        return "contains pickle files (.bin/.pt); only safetensors adapters are loaded"
+    expected = manifest.get("files", {})
+    for filename in ADAPTER_FILES:
+        if filename not in expected:
+            return f"lists no sha256 of {filename} in its {MANIFEST}"
+        if not (path / filename).is_file():
+            return f"is incomplete: {filename} is missing"
+    return None
+
+
+def _hidden_by(version: AdapterVersion) -> str | None:
+    if version.hidden:
+        return (f"in {version.path} is not used: it is {version.damage} of the same number "
+                "(shipped versions are read-only; register a changed copy as a new version)")
+    return None
+
+
+def _damaged_message(version: AdapterVersion, *, promoted: bool) -> str:
+    hidden = _hidden_by(version)
+    if hidden is not None:
+        return f"Adapter {version.ref} {hidden}."
+    where = "shipped with ragtune" if version.shipped else f"in {version.path}"
+    message = f"Adapter {version.ref} ({where}) {version.damage}."
+    if promoted:
+        message += (f" It is the promoted version of {version.name!r}: promote another "
+                    f"(`ragtune adapters promote {version.name}@N`) or remove it.")
+    return message
+
+
+def _warn_once(message: str) -> None:
+    """Log `message` as a warning the first time this process sees it."""
+    with _WARNED_LOCK:
+        if message in _WARNED:
+            return
+        _WARNED.add(message)
+    log.warning(message)
 
 
 def _write_json(path: Path, data: dict[str, Any]) -> None:

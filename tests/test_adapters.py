@@ -161,3 +161,121 @@ def test_cli_lists_shows_promotes_and_fails_verify_on_corruption(
     removed = cli("remove", "qa@1")
     assert removed.returncode == 6 and "is the promoted version" in removed.stderr
     shutil.rmtree(home)
+
+
+def _shipped_reader(tiny_base: Path, tmp_path: Path) -> Path:
+    """A shipped root holding a valid reader@1 (no promotion state, as in the package)."""
+    shipped = tmp_path / "shipped"
+    AdapterRegistry(shipped, shipped_root=None).add(
+        "reader", *make_adapter(tiny_base, tmp_path / "s", seed=1))
+    (shipped / "reader" / "promotion.json").unlink()
+    return shipped
+
+
+def test_a_user_copy_at_a_shipped_version_never_replaces_it(
+        tiny_base: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    shipped = _shipped_reader(tiny_base, tmp_path)
+    user = tmp_path / "user"
+    copy = user / "reader" / "v1"
+    shutil.copytree(shipped / "reader" / "v1", copy)
+    weights = copy / "adapter_model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:-100])  # a corrupt copy (cut short)
+    registry = AdapterRegistry(user, shipped_root=shipped)
+    with caplog.at_level("WARNING", logger="ragtune.agents.adapters"):
+        found = registry.find(task="reader")
+    assert [(v.ref, v.shipped) for v in found] == [("reader@1", True)]  # the shipped one serves
+    assert f"Adapter reader@1 in {copy} is not used: it is hidden by the shipped reader@1" \
+        in caplog.text
+    resolved = registry.resolve("reader@1")
+    assert resolved.shipped and resolved.path == shipped / "reader" / "v1"
+    assert registry.resolve("reader").shipped  # still the promoted one
+    assert [v.path for v in registry.ignored("reader")] == [copy]
+    assert registry.check(registry.ignored("reader")[0]) is not None
+    # A new user version is numbered after the shipped one and the copy, never into them.
+    new = registry.add("reader", *make_adapter(tiny_base, tmp_path / "u", seed=2))
+    assert new.version == 2 and not new.shipped
+
+
+def test_damaged_adapters_are_skipped_loudly_and_the_others_keep_working(
+        registry: AdapterRegistry, tiny_base: Path, tmp_path: Path,
+        caplog: pytest.LogCaptureFixture) -> None:
+    good = registry.add("good", *make_adapter(tiny_base, tmp_path / "a", seed=1))
+    garbled = registry.add("garbled", *make_adapter(tiny_base, tmp_path / "b", seed=2))
+    (garbled.path / "manifest.json").write_text('{"task": "reader", "files": {', encoding="utf-8")
+    undecodable = registry.add("undecodable", *make_adapter(tiny_base, tmp_path / "c", seed=3))
+    (undecodable.path / "manifest.json").write_bytes(b"\xff\xfe\x00not utf-8")
+    corrupt = registry.add("corrupt", *make_adapter(tiny_base, tmp_path / "d", seed=4))
+    weights = corrupt.path / "adapter_model.safetensors"
+    weights.write_bytes(b"\x00" * 16 + weights.read_bytes()[16:])  # same size, other bytes
+    stateless = registry.add("stateless", *make_adapter(tiny_base, tmp_path / "e", seed=5))
+    (registry.root / "stateless" / "promotion.json").write_text("[not json", encoding="utf-8")
+    (registry.root / "Not A Name").mkdir()
+    unpromoted = registry.add("good", *make_adapter(tiny_base, tmp_path / "f", seed=6))
+    (unpromoted.path / "adapter_config.json").unlink()
+    with caplog.at_level("WARNING", logger="ragtune.agents.adapters"):
+        assert [v.ref for v in registry.find(task="reader")] == [good.ref]
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    for ref, why in ((garbled.ref, "unreadable manifest.json (JSONDecodeError"),
+                     (unpromoted.ref, "is incomplete: adapter_config.json is missing"),
+                     (undecodable.ref, "unreadable manifest.json (UnicodeDecodeError"),
+                     (corrupt.ref, "is corrupt: adapter_model.safetensors has sha256"),
+                     ("'stateless'", "Cannot read the promotion state"),
+                     ("Not A Name", "not a valid adapter name")):
+        assert any(ref in w and why in w for w in warnings), (ref, warnings)
+    caplog.clear()
+    registry.find(task="reader")
+    assert not caplog.records  # each problem is reported once per process, not on every call
+    # Naming a damaged version is an error that says what is wrong; showing or removing it is not.
+    with pytest.raises(AdapterError, match=r"garbled@1 \(in .*\) has an unreadable manifest"):
+        registry.resolve("garbled@1")
+    with pytest.raises(AdapterError, match=r"garbled@1 .* It is the promoted version"):
+        registry.resolve("garbled")
+    with pytest.raises(AdapterError, match="corrupt@1 is corrupt"):
+        registry.promote("corrupt@1")
+    with pytest.raises(AdapterError, match="Cannot read the promotion state of 'stateless'"):
+        registry.resolve("stateless")
+    assert registry.resolve("stateless@1").ref == stateless.ref  # the version itself is fine
+    assert registry.resolve("garbled@1", allow_damaged=True).damage
+    assert registry.remove("garbled@1", force=True).ref == "garbled@1"
+    assert registry.versions("garbled") == []
+    assert "Not A Name" not in registry.names()
+
+
+def test_cli_shows_damaged_and_ignored_adapters_and_refuses_to_use_them(
+        tiny_base: Path, tmp_path: Path, cli_env: dict[str, str]) -> None:
+    home = tmp_path / "home"
+    registry = AdapterRegistry(home / "adapters", shipped_root=None)
+    registry.add("qa", *make_adapter(tiny_base, tmp_path / "a", seed=1))
+    broken = registry.add("broken", *make_adapter(tiny_base, tmp_path / "b", seed=2))
+    (broken.path / "manifest.json").write_text("not json", encoding="utf-8")
+    shipped = AdapterRegistry(tmp_path / "none")  # the package's own adapters
+    shipped_reader = shipped.resolve("reader")
+    copy = home / "adapters" / "reader" / f"v{shipped_reader.version}"
+    shutil.copytree(shipped_reader.path, copy)  # a hand-made copy at the shipped number
+    env = dict(cli_env, RAGTUNE_HOME=str(home))
+
+    def cli(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(ragtune_cmd("adapters", *args), capture_output=True, text=True,
+                              env=env, timeout=60)
+
+    listed = cli("list", "--json")
+    assert listed.returncode == 0, listed.stderr
+    rows = {(r["ref"], r["source"]): r for r in json.loads(listed.stdout)}
+    assert rows[("qa@1", "user")]["status"] == "ok" and rows[("qa@1", "user")]["promoted"]
+    assert rows[("broken@1", "user")]["status"] == "damaged"
+    assert "unreadable manifest.json" in rows[("broken@1", "user")]["problem"]
+    assert rows[(shipped_reader.ref, "shipped")]["status"] == "ok"
+    assert rows[(shipped_reader.ref, "shipped")]["promoted"]  # the copy did not displace it
+    assert rows[(shipped_reader.ref, "user")]["status"] == "ignored"
+    table = cli("list").stdout
+    assert "damaged: Adapter broken@1 has an unreadable manifest.json" in table
+    assert f"ignored: Adapter {shipped_reader.ref} in {copy} is not used: it is hidden by" in table
+    promoted = cli("promote", "broken@1")
+    assert promoted.returncode == 6
+    assert promoted.stderr.startswith("error: Adapter broken@1 (in ")
+    assert "has an unreadable manifest.json" in promoted.stderr
+    assert "Traceback" not in promoted.stderr
+    verified = cli("verify")
+    assert verified.returncode == 6 and "FAIL broken@1" in verified.stdout
+    assert f"skip {shipped_reader.ref} (user copy in {copy})" in verified.stdout
+    assert f"ok   {shipped_reader.ref}" in verified.stdout

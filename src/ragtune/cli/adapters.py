@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -45,38 +46,60 @@ def registry_of(args: argparse.Namespace) -> Any:
     return AdapterRegistry(ragtune_home(Path(args.home) if args.home else None) / "adapters")
 
 
-def _row(registry: Any, version: Any) -> dict[str, Any]:
-    promoted = registry.promoted(version.name)
+def _row(registry: Any, version: Any, *, promoted: Any = None) -> dict[str, Any]:
+    """One version as the CLI shows it, checked (files hashed) so that corruption shows too."""
+    if promoted is None:
+        promoted = _promoted_or_none(registry, version.name)
+    problem = registry.check(version)
+    status = "ignored" if version.hidden else "ok" if problem is None else "damaged"
     metrics = version.manifest.get("metrics", {})
     return {"ref": version.ref, "task": version.task,
             "base": version.manifest.get("base", {}).get("model_id"),
-            "promoted": promoted is not None and promoted.version == version.version,
+            "promoted": status != "ignored" and promoted is not None and
+            promoted.version == version.version,
             "source": "shipped" if version.shipped else "user",
+            "status": status, "problem": problem,
             "created_at": version.manifest.get("created_at"),
             "metrics": {k: v for k, v in metrics.items() if not isinstance(v, dict)}}
 
 
+def _promoted_or_none(registry: Any, name: str) -> Any:
+    try:
+        return registry.promoted(name)
+    except AdapterError as exc:
+        print(f"warning: {exc}", file=sys.stderr)
+        return None
+
+
 def _list(args: argparse.Namespace) -> int:
     registry = registry_of(args)
-    rows = [_row(registry, v) for name in registry.names() for v in registry.versions(name)]
+    rows = []
+    for name in registry.names():
+        promoted = _promoted_or_none(registry, name)
+        for version in [*registry.versions(name), *registry.ignored(name)]:
+            rows.append(_row(registry, version, promoted=promoted))
     if args.json:
         print(json.dumps(rows, indent=2))
         return 0
     if not rows:
         print("no adapters (train one with `ragtune finetune`)")
         return 0
-    print(f"{'adapter':<24} {'task':<11} {'promoted':<9} {'source':<8} {'created':<26} metrics")
+    print(f"{'adapter':<24} {'task':<11} {'promoted':<9} {'source':<8} {'status':<8} "
+          f"{'created':<26} metrics")
     for r in rows:
         shown = ", ".join(f"{k} {v}" for k, v in r["metrics"].items()
                           if k in ("eval_loss", "em", "f1", "steps"))
         print(f"{r['ref']:<24} {r['task']:<11} {'*' if r['promoted'] else '':<9} "
-              f"{r['source']:<8} {r['created_at'] or '':<26} {shown}")
+              f"{r['source']:<8} {r['status']:<8} {r['created_at'] or '':<26} {shown}")
+    for r in rows:
+        if r["problem"]:
+            print(f"{r['status']}: {r['problem']}")
     return 0
 
 
 def _show(args: argparse.Namespace) -> int:
     registry = registry_of(args)
-    version = registry.resolve(args.ref)
+    version = registry.resolve(args.ref, allow_damaged=True)
     manifest = json.loads(json.dumps(version.manifest))
     centroid = manifest.get("domain", {}).get("centroid")
     if centroid:
@@ -90,8 +113,12 @@ def _verify(args: argparse.Namespace) -> int:
     from ragtune.agents.models import LOCAL_MODELS, base_model_fingerprint
 
     registry = registry_of(args)
-    versions = [registry.resolve(r) for r in args.refs] if args.refs else [
-        v for name in registry.names() for v in registry.versions(name)]
+    if args.refs:
+        versions = [registry.resolve(r, allow_damaged=True) for r in args.refs]
+        hidden = []
+    else:
+        versions = [v for name in registry.names() for v in registry.versions(name)]
+        hidden = [v for name in registry.names() for v in registry.ignored(name)]
     failures = 0
     for version in versions:
         spec = str(version.manifest.get("base", {}).get("spec", ""))
@@ -106,6 +133,9 @@ def _verify(args: argparse.Namespace) -> int:
             continue
         checked = "files and base weights" if base else "files"
         print(f"ok   {version.ref}: {checked} match the manifest")
+    for version in hidden:
+        print(f"skip {version.ref} (user copy in {version.path}): {version.damage}, which is "
+              "used instead")
     if failures:
         raise AdapterError(f"{failures} of {len(versions)} adapter versions failed verification")
     return 0
