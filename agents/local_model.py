@@ -215,7 +215,12 @@ class LocalCausalLM:
         tokenizer: Its tokenizer.
         model_id: What the weights are (e.g. "google/gemma-3-270m").
         fingerprint: sha256 of the base weights file, when known.
+        engine: What runs it: "transformers" here (`ragtune.agents.llama_cpp_model` has the
+            llama.cpp runtime).
+        precision: The weights' number format in use (e.g. "float32", "bfloat16").
     """
+
+    engine = "transformers"
 
     def __init__(
         self, model: Any, tokenizer: Any, *, model_id: str, fingerprint: str | None = None
@@ -223,6 +228,7 @@ class LocalCausalLM:
         """Wrap an already loaded `model` and `tokenizer`."""
         self.model = model.eval()
         self.tokenizer = tokenizer
+        self.precision = str(getattr(model, "dtype", "float32")).removeprefix("torch.")
         self.model_id = model_id
         self.fingerprint = fingerprint
         self._lock = threading.Lock()
@@ -230,15 +236,24 @@ class LocalCausalLM:
 
     @classmethod
     def from_directory(
-        cls, path: Path, *, model_id: str, fingerprint: str | None = None
+        cls, path: Path, *, model_id: str, fingerprint: str | None = None,
+        precision: Literal["auto", "float32", "bfloat16"] = "auto",
     ) -> LocalCausalLM:
-        """Load a `save_pretrained` directory (CUDA bfloat16 if available, else CPU float32)."""
+        """Load a `save_pretrained` directory (CUDA bfloat16 if available, else CPU float32).
+
+        `precision="auto"` takes bfloat16 on CUDA and on CPUs that multiply it natively
+        (`ragtune.agents.hardware.cpu_has_native_bfloat16`), else float32.
+        """
         import torch
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
-        device, dtype = (
-            ("cuda", torch.bfloat16) if torch.cuda.is_available() else ("cpu", torch.float32)
-        )
+        from ragtune.agents.hardware import cpu_has_native_bfloat16
+
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+        if precision == "auto":
+            native = device == "cuda" or cpu_has_native_bfloat16()
+            precision = "bfloat16" if native else "float32"
+        dtype = torch.bfloat16 if precision == "bfloat16" else torch.float32
         tokenizer = AutoTokenizer.from_pretrained(path)
         model: Any = AutoModelForCausalLM.from_pretrained(path, dtype=dtype)
         model.to(device)
@@ -731,7 +746,9 @@ class LocalChatModel(BaseChatModel):
 
     def _response_metadata(self, completion: Completion) -> dict[str, Any]:
         metadata: dict[str, Any] = {"model_name": self.model_id,
-                                    "finish_reason": completion.finish_reason}
+                                    "finish_reason": completion.finish_reason,
+                                    "engine": self.runtime.engine,
+                                    "precision": self.runtime.precision}
         if completion.mean_logprob is not None:
             metadata["mean_logprob"] = completion.mean_logprob
         return metadata

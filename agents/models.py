@@ -110,7 +110,7 @@ PROVIDERS: dict[str, ProviderRequirements] = {
 }
 """Providers checked up front; others (ollama, bedrock, vertex, ...) go to LangChain unchecked."""
 
-_LOADED: dict[Path, LocalCausalLM] = {}
+_LOADED: dict[tuple[Path, str], LocalCausalLM] = {}
 _LOAD_LOCK = threading.Lock()
 
 
@@ -178,9 +178,14 @@ def check_model_spec(spec: str) -> None:
 
 
 def load_local_model(
-    name: str = "gemma-3-270m", *, home: str | os.PathLike[str] | None = None
+    name: str = "gemma-3-270m", *, home: str | os.PathLike[str] | None = None,
+    engine: str | None = None,
 ) -> LocalCausalLM:
     """Return the loaded local model `name`, loading it once per process (thread-safe).
+
+    `engine` picks what serves it (`ragtune.agents.llama_cpp_model.resolve_engine`: llama.cpp
+    on the shipped GGUF file when llama-cpp-python is installed, else transformers; None reads
+    `RAGTUNE_LOCAL_ENGINE`).
 
     The first load ever converts the shipped GGUF weights into a safetensors cache under
     `<ragtune cache>/models/<name>/` (minutes); later loads read that cache (seconds).
@@ -188,13 +193,17 @@ def load_local_model(
     Raises:
         ConfigError: Unknown model, missing `ragtune[local]` packages, or an unwritable cache.
     """
+    from ragtune.agents.llama_cpp_model import resolve_engine
+
     source = _local_source(name)
     target = local_model_dir(name, home)
+    chosen = resolve_engine(engine)
     with _LOAD_LOCK:
-        runtime = _LOADED.get(target)
+        runtime = _LOADED.get((target, chosen))
         if runtime is None:
-            runtime = _load_runtime(source, target)
-            _LOADED[target] = runtime
+            runtime = (_load_gguf_runtime(source, target) if chosen == "llama.cpp"
+                       else _load_runtime(source, target))
+            _LOADED[(target, chosen)] = runtime
         return runtime
 
 
@@ -313,6 +322,36 @@ def _load_runtime(source: LocalModelSource, target: Path) -> LocalCausalLM:
         target, model_id=source.model_id, fingerprint=fingerprint
     )
     log.info("Loaded local:%s from %s in %.1f s", source.name, target, time.monotonic() - started)
+    return runtime
+def _load_gguf_runtime(source: LocalModelSource, target: Path) -> LocalCausalLM:
+    """Serve the shipped GGUF file itself with llama.cpp (kept beside the converted cache)."""
+    from ragtune.agents.llama_cpp_model import LlamaCppLM
+
+    fingerprint = base_model_fingerprint(source.name)
+    path = target.parent / f"{source.name}.gguf"
+    weights = _weights_module(source)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fresh = not path.is_file()
+        if not fresh:
+            try:
+                weights.assemble(output_path=path)  # verifies the sha256 of the existing file
+            except (FileExistsError, ValueError):
+                fresh = True
+        if fresh:  # assembled aside, then renamed: no process ever reads a partial file
+            staging = path.with_name(f".{path.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}")
+            try:
+                weights.assemble(output_path=staging)
+                staging.replace(path)
+            finally:
+                staging.unlink(missing_ok=True)
+    except (OSError, ValueError) as exc:
+        raise ConfigError(f"Cannot write the weights of local:{source.name} to {path}: {exc}"
+                          ) from exc
+    started = time.monotonic()
+    runtime = LlamaCppLM.from_gguf(path, model_id=source.model_id, fingerprint=fingerprint)
+    log.info("Loaded local:%s with llama.cpp (%s) in %.1f s", source.name, runtime.precision,
+             time.monotonic() - started)
     return runtime
 
 

@@ -117,13 +117,19 @@ class SpecialistModel(LocalChatModel):
 
 
 def describe_model(model: Any) -> str:
-    """A short label for traces: the adapter a model serves by default, else its type."""
+    """A short label for traces: the adapter a model serves by default, else its type.
+
+    A local model also says which engine and number format ran it, e.g.
+    "adapter reader@1 on llama.cpp Q4_K_M" or "LocalChatModel on transformers float32".
+    """
+    runtime = getattr(model, "runtime", None) if isinstance(model, LocalChatModel) else None
+    served = f" on {runtime.engine} {runtime.precision}" if runtime is not None else ""
     if isinstance(model, SpecialistModel) and model.adapter:
         try:
-            return f"adapter {model.registry.resolve(model.adapter).ref}"
+            return f"adapter {model.registry.resolve(model.adapter).ref}{served}"
         except AdapterError:
-            return f"adapter {model.adapter}"
-    return type(model).__name__
+            return f"adapter {model.adapter}{served}"
+    return f"{type(model).__name__}{served}"
 
 
 def adapter_key(version: AdapterVersion) -> str:

@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Literal
 
 from langchain_core.embeddings import Embeddings
 
+from ragtune.agents.hardware import cpu_has_native_bfloat16
 from ragtune.errors import ConfigError
 
 if TYPE_CHECKING:
@@ -216,19 +217,6 @@ def describe_embeddings(emb: Embeddings) -> tuple[str, int]:
     if isinstance(dimension, bool) or not isinstance(dimension, int) or dimension <= 0:
         dimension = len(emb.embed_query(_PROBE_TEXT))
     return name, dimension
-
-
-def cpu_has_native_bfloat16() -> bool:
-    """Return whether this CPU multiplies bfloat16 natively (AVX512-BF16 or AMX-BF16, Linux)."""
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as f:
-            for line in f:
-                if line.startswith("flags"):
-                    flags = set(line.split(":", 1)[1].split())
-                    return bool(flags & {"avx512_bf16", "amx_bf16"})
-    except OSError:
-        pass
-    return False
 
 
 def _resolve_precision(precision: Precision, device: str) -> Literal["float32", "bfloat16"]:
