@@ -12,6 +12,10 @@ a staging table, then one `INSERT ... ON CONFLICT` per batch, in one transaction
 Chunk ids derive from collection + source + content, so writing the same chunk twice adds nothing;
 `upsert_sources` replaces a source's old chunks atomically when its content changed.
 
+Metadata comes back exactly as it was written (LangChain's standard vector store suite holds the
+store to that). Its `source`, `title` and `chunk_index` keys also fill columns of their own, which
+ids, BM25 over titles and link following use; ingestion writes `source` and `title` into both.
+
 The core is synchronous (a psycopg pool); the async faces run it in a worker thread.
 """
 
