@@ -11,11 +11,12 @@ and applies the versioned, idempotent schema migrations on open.
 
 from __future__ import annotations
 
+import atexit
 import logging
 import os
 import threading
-from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from ragtune.errors import ConfigError, DatabaseError
 from ragtune.paths import ENV_HOME, ragtune_home
@@ -27,6 +28,7 @@ if TYPE_CHECKING:
     from psycopg_pool import ConnectionPool
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 ENV_DATABASE_URL = "RAGTUNE_DATABASE_URL"
 CONNECT_TIMEOUT_S = 10
@@ -116,6 +118,8 @@ class Database:
         self.server = server
         self.pool = pool
         self._closed = False
+        self._extensions: dict[str, tuple[Any, Callable[[], None]]] = {}
+        self._extensions_lock = threading.Lock()
 
     @classmethod
     def open(
@@ -165,9 +169,26 @@ class Database:
         if self._closed:
             return
         self._closed = True
+        with self._extensions_lock:
+            for _, close in self._extensions.values():
+                close()
+            self._extensions.clear()
         self.pool.close()
         if self.server is not None:
             self.server.stop()
+
+    def extension(self, name: str, make: Callable[[], tuple[T, Callable[[], None]]]) -> T:
+        """Return the object `name` built on this database, making it with `make` on first use.
+
+        `make` returns the object and the function that closes it; `close()` calls that, so
+        resources tied to this database (the checkpointer's pool) live and die with it.
+        """
+        with self._extensions_lock:
+            if self._closed:
+                raise DatabaseError("The database has been closed")
+            if name not in self._extensions:
+                self._extensions[name] = make()
+            return self._extensions[name][0]
 
     def __enter__(self) -> Database:
         return self
@@ -184,6 +205,7 @@ class Database:
 
 _shared: dict[str, Database] = {}
 _shared_lock = threading.Lock()
+_closes_at_exit = False
 
 
 def shared_database(
@@ -191,11 +213,17 @@ def shared_database(
 ) -> Database:
     """Return a process-wide `Database` for `url`/`home`, opening it on first use."""
     key = f"{url or os.environ.get(ENV_DATABASE_URL) or ''}|{ragtune_home(home)}"
+    global _closes_at_exit
     with _shared_lock:
         db = _shared.get(key)
         if db is None or db._closed:
             db = Database.open(url, home=home)
             _shared[key] = db
+        if not _closes_at_exit:
+            # Registered after the embedded server's own exit hook, so it runs before it: pools
+            # close before the server stops.
+            atexit.register(close_shared_databases)
+            _closes_at_exit = True
         return db
 
 
