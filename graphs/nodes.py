@@ -21,7 +21,14 @@ from langgraph.types import Overwrite
 from ragtune.agents.context import Context
 from ragtune.errors import InputError
 from ragtune.graphs.resources import Resources
-from ragtune.graphs.state import AgentState, Citation, SolveState, SubQuestion, TraceEvent
+from ragtune.graphs.state import (
+    AgentState,
+    Citation,
+    SolveState,
+    SubQuestion,
+    TraceEvent,
+    Turn,
+)
 
 
 def context_of(runtime: Runtime[Context] | None) -> Context:
@@ -326,6 +333,7 @@ class OrchestratorNodes:
             "answer": result.text, "citations": citations_of(result.citations),
             "retrieved": citations_of(docs),
             "exhausted": exhausted, "steps": 1, "usage": result.usage,
+            "history": [Turn(question=state["question"], answer=result.text)],
             "trace": [event(state, "answer", "answered", started, reason=reason,
                             detail={"answer": result.text})],
         }

@@ -150,7 +150,7 @@ def _default_models(config: QABenchConfig, questions: Sequence[QAItem], strategi
         update_costs[name] = {"what": "ingest the pool", **ingest}
     context = Context(model=config.model, specialist_model=config.model,
                       routing_policy=config.routing_policy, k=config.k,
-                      database_url=config.database_url, collection=collection)
+                      collection=collection)
     resources = Resources(store=store)
     specialist = None
     if "specialist" in strategies:
