@@ -175,6 +175,31 @@ def check_model_spec(spec: str) -> None:
     requirements = PROVIDERS.get(provider)
     if requirements is not None:
         _check_provider(spec, requirements, {})
+        return
+    known = _langchain_providers()
+    if known is not None and provider not in known:
+        raise ConfigError(
+            f"Unknown chat model provider {provider!r} in {spec!r}: use "
+            f"{', '.join(f'local:{n}' for n in sorted(LOCAL_MODELS))} or PROVIDER:MODEL with a "
+            f"LangChain provider ({', '.join(sorted(PROVIDERS))}, ollama, ...)."
+        )
+    module = (known or {}).get(provider)
+    if module and importlib.util.find_spec(module.split(".")[0]) is None:
+        package = module.split(".")[0].replace("_", "-")
+        raise ConfigError(f"Install {package} to use {spec} (pip install {package}).")
+
+
+def _langchain_providers() -> dict[str, str] | None:
+    """Return the providers `init_chat_model` knows, by integration module (None if unknown)."""
+    try:
+        from langchain.chat_models import base
+    except ImportError:
+        return None
+    table = getattr(base, "_BUILTIN_PROVIDERS", None)  # private: degrade to no check if it moves
+    if not isinstance(table, dict):
+        return None
+    return {str(name): str(entry[0]) if isinstance(entry, tuple) and entry else ""
+            for name, entry in table.items()}
 
 
 def load_local_model(
@@ -223,6 +248,43 @@ def prepare_local_model(name: str = "gemma-3-270m") -> Path:
         if _cached_fingerprint(target) != fingerprint:
             _build_cache(source, target, fingerprint)
     return target
+
+
+def local_model_ready(name: str = "gemma-3-270m") -> bool:
+    """Whether local model `name` is converted already (so loading it takes seconds, not minutes).
+
+    Raises:
+        ConfigError: Unknown model, or its weights package is not installed.
+    """
+    return _cached_fingerprint(local_model_dir(name)) == base_model_fingerprint(name)
+
+
+def quiet_model_libraries() -> None:
+    """Silence transformers' and huggingface_hub's progress bars, advisories and warnings.
+
+    For command-line use: "Loading weights" bars and deprecation notices from the libraries say
+    nothing a ragtune user can act on. Environment variables the user set are left alone; the
+    settings also reach libraries imported later (they read the variables at import).
+    """
+    import warnings
+
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
+    for category in (FutureWarning, DeprecationWarning, UserWarning):
+        warnings.filterwarnings("ignore", category=category,
+                                module=r"(transformers|peft|huggingface_hub|accelerate)(\.|$)")
+    import sys
+
+    if "transformers" in sys.modules:  # imported already: its settings were read
+        from transformers.utils import logging as transformers_logging
+
+        transformers_logging.set_verbosity_error()
+        transformers_logging.disable_progress_bar()
+    if "huggingface_hub" in sys.modules:
+        from huggingface_hub.utils import disable_progress_bars
+
+        disable_progress_bars()
 
 
 def close_local_models() -> None:
@@ -323,6 +385,8 @@ def _load_runtime(source: LocalModelSource, target: Path) -> LocalCausalLM:
     )
     log.info("Loaded local:%s from %s in %.1f s", source.name, target, time.monotonic() - started)
     return runtime
+
+
 def _load_gguf_runtime(source: LocalModelSource, target: Path) -> LocalCausalLM:
     """Serve the shipped GGUF file itself with llama.cpp (kept beside the converted cache)."""
     from ragtune.agents.llama_cpp_model import LlamaCppLM

@@ -55,6 +55,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s")
     if not args.verbose:
+        from ragtune.agents.models import quiet_model_libraries
+
+        quiet_model_libraries()  # no library progress bars or deprecation notices unless -v
+    if not args.verbose:
         # The pool warns about each broken connection it drops; the error line says it once.
         logging.getLogger("psycopg.pool").setLevel(logging.ERROR)
     try:

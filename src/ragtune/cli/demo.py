@@ -3,24 +3,24 @@
 It starts (or attaches to) the embedded database, ingests a corpus (the HotpotQA tune pool from the
 shared data folder when present, else the small built-in sample), shows one search in every mode,
 then asks the agent three multi-hop questions and prints its answers, citations and route trace.
-Re-running it reuses what is already stored (and the converted local model).
+Re-running it reuses what is already stored (and the converted local model). It writes the default
+collection, the one `ragtune ask` and `ragtune search` read when no `-c` is given.
 """
 
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from ragtune.tools.loaders import Format
-from ragtune.tools.store import SEARCH_MODES
+from ragtune.tools.store import DEFAULT_COLLECTION, SEARCH_MODES
 
 if TYPE_CHECKING:
+    from ragtune.agents.context import Context
     from ragtune.tools.store import KnowledgeStore
 
-ENV_DATA_DIR = "RAGTUNE_DATA_DIR"
 SAMPLE_PATH = Path(__file__).resolve().parents[1] / "data" / "sample.jsonl"
 HOTPOTQA_TUNE = Path("hotpotqa") / "dev_tune.json"
 SAMPLE_QUESTIONS = (
@@ -30,22 +30,11 @@ SAMPLE_QUESTIONS = (
 )
 
 
-def find_data_dir() -> Path | None:
-    """Return the shared data folder: `$RAGTUNE_DATA_DIR`, else `../shared/data` from here up."""
-    env = os.environ.get(ENV_DATA_DIR)
-    if env:
-        return Path(env)
-    for base in (Path.cwd(), *Path.cwd().parents):
-        candidate = base.parent / "shared" / "data"
-        if (candidate / HOTPOTQA_TUNE).is_file():
-            return candidate
-    return None
-
-
 def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Add `demo` to the `ragtune` parser."""
     p = commands.add_parser("demo", help="start the database, ingest a corpus, run searches")
-    p.add_argument("--collection", "-c", default="demo", help="collection (default 'demo')")
+    p.add_argument("--collection", "-c", default=DEFAULT_COLLECTION,
+                   help=f"collection (default {DEFAULT_COLLECTION!r}, the one `ask` reads)")
     p.add_argument("--sample", action="store_true",
                    help="use the built-in sample even when the HotpotQA data is present")
     p.add_argument("-k", type=int, default=3, help="results per search (default 3)")
@@ -57,11 +46,18 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
 
 def run_demo(args: argparse.Namespace) -> int:
     """Ingest the demo corpus and show the top results of each search mode."""
+    from ragtune.agents.context import Context
+    from ragtune.agents.models import check_model_spec
+    from ragtune.evaluation.datasets import find_data_dir
     from ragtune.tools.database import Database, redact_url
     from ragtune.tools.embeddings import load_embeddings
     from ragtune.tools.ingest import ingest_paths
     from ragtune.tools.store import KnowledgeStore
 
+    context = Context.from_env(model=args.model)
+    if not args.search_only:  # a wrong --model fails now, not after the ingest
+        check_model_spec(context.model)
+        check_model_spec(context.specialist_model)
     corpus: Path
     fmt: Format
     data_dir = None if args.sample else find_data_dir()
@@ -86,7 +82,7 @@ def run_demo(args: argparse.Namespace) -> int:
             hits = store.retrieve(query, args.k, mode=mode)
             print(f"  {mode:>6}: {', '.join(h.title or h.source for h in hits)}")
         if not args.search_only:
-            ask_questions(questions, args, store)
+            ask_questions(questions, context, store)
     sys.stdout.flush()
     return 0
 
@@ -98,15 +94,15 @@ def hotpotqa_questions(path: Path, n: int = 3) -> list[tuple[str, str]]:
     return [(item["question"], item["answer"]) for item in json.loads(path.read_text())[:n]]
 
 
-def ask_questions(questions: list[tuple[str, str]], args: argparse.Namespace,
+def ask_questions(questions: list[tuple[str, str]], context: Context,
                   store: KnowledgeStore) -> None:
     """Ask the agent each question; print its answer, the gold answer, citations and trace."""
     from ragtune.agent import Agent
     from ragtune.cli.ask import print_trace
 
-    print("\nloading the chat model (the first run converts the local model once) ...",
-          flush=True)
-    with Agent(store=store, checkpoint=False, model=args.model) as agent:
+    prepare_local_models(context)
+    print("\nloading the chat model ...", flush=True)
+    with Agent(store=store, checkpoint=False, context=context) as agent:
         for question, gold in questions:
             answer = agent.ask(question)
             print(f"\nQ: {question}\nA: {answer.text or '(no answer)'}    (gold: {gold}; "
@@ -115,3 +111,19 @@ def ask_questions(questions: list[tuple[str, str]], args: argparse.Namespace,
                 print(f"   [{number}] {citation.get('title') or citation.get('source')}")
             print_trace(answer.trace)
             sys.stdout.flush()
+
+
+def prepare_local_models(context: Context) -> None:
+    """Convert the run's local models now if they never were, saying so before it starts.
+
+    Otherwise the conversion (minutes on CPU) would happen silently inside the first answer.
+    """
+    from ragtune.agents.models import local_model_ready, parse_model_spec, prepare_local_model
+
+    names = {parse_model_spec(spec)[1] for spec in (context.model, context.specialist_model)
+             if parse_model_spec(spec)[0] == "local"}
+    for name in sorted(names):
+        if not local_model_ready(name):
+            print(f"\nConverting the local model local:{name} once (a few minutes on CPU; later "
+                  "runs reuse it) ...", flush=True)
+            prepare_local_model(name)
