@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import os
 import threading
+from collections import OrderedDict
 from contextlib import AbstractContextManager, nullcontext
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
@@ -35,6 +36,9 @@ DEFAULT_EMBEDDING_MODEL = "sentence-transformers/all-MiniLM-L6-v2"
 
 DEFAULT_BATCH_SIZE = 32
 """Texts per forward pass; on a Xeon core 8 to 64 are within noise of each other, 128 is slower."""
+
+RECENT_TEXTS = 64
+"""Single texts (questions) whose vectors an embedder keeps, newest first."""
 
 Precision = Literal["auto", "float32", "bfloat16"]
 """Arithmetic of the forward pass: `auto` is bfloat16 where the CPU has native support."""
@@ -101,6 +105,10 @@ class LocalEmbeddings(Embeddings):
         self.device = device
         self.precision: Literal["float32", "bfloat16"] = _resolve_precision(precision, device)
         self._dimension: int | None = _KNOWN_DIMENSIONS.get(model_name)
+        # One question is embedded by the router and again by retrieval: keep recent single
+        # texts, so a run embeds each question once.
+        self._recent: OrderedDict[str, np.ndarray] = OrderedDict()
+        self._recent_lock = threading.Lock()
 
     def __repr__(self) -> str:
         return (
@@ -131,6 +139,12 @@ class LocalEmbeddings(Embeddings):
 
         if not texts:
             return np.zeros((0, self.dimension), dtype=np.float32)
+        if len(texts) == 1:
+            with self._recent_lock:
+                hit = self._recent.get(texts[0])
+                if hit is not None:
+                    self._recent.move_to_end(texts[0])
+                    return hit[None, :].copy()
         model = self._model()
         with self._autocast():
             raw = model.encode(
@@ -144,6 +158,11 @@ class LocalEmbeddings(Embeddings):
         # Renormalise in float32: under bfloat16 the model's own norm is only good to ~1e-3.
         norms = np.linalg.norm(vectors, axis=1, keepdims=True)
         vectors /= np.maximum(norms, 1e-12)
+        if len(texts) == 1:
+            with self._recent_lock:
+                self._recent[texts[0]] = vectors[0].copy()
+                while len(self._recent) > RECENT_TEXTS:
+                    self._recent.popitem(last=False)
         return vectors
 
     def embed_documents(self, texts: list[str]) -> list[list[float]]:
