@@ -109,6 +109,26 @@ def test_cli_errors_never_print_the_password(cli_env: dict[str, str], tmp_path: 
     assert SECRET not in stored
 
 
+def test_error_texts_that_quote_the_url_are_redacted(
+        capsys: pytest.CaptureFixture[str]) -> None:
+    """psycopg quotes a malformed URL whole; neither the error nor --debug's trace shows it."""
+    from ragtune.cli import main
+    from ragtune.errors import InputError
+    from ragtune.tools.database import connect
+
+    url = f"postgresql://alice:{SECRET}@[::1/rag"
+    with pytest.raises(DatabaseError) as caught:
+        connect(url)
+    assert SECRET not in str(caught.value) and "alice:***@" in str(caught.value)
+    assert SECRET not in str(InputError(f"bad --database-url host=h password={SECRET}"))
+
+    for debug in ([], ["--debug"]):
+        assert main([*debug, "--database-url", url, "db"]) == DatabaseError.exit_code
+        err = capsys.readouterr().err
+        assert SECRET not in err and err.splitlines()[-1].startswith("error: Cannot connect")
+        assert ("Traceback" in err) == bool(debug)
+
+
 def test_bench_results_and_docs_page_hold_no_password(
         scripted: Any, tmp_path: Path) -> None:  # noqa: F811
     from ragtune.evaluation.qa import QABenchConfig, run_qa_bench

@@ -2,7 +2,8 @@
 
 Every error a user can cause (bad input, bad configuration, an unreachable database) is a
 `RagtuneError` carrying a message written for that user and the exit code the CLI returns for it.
-Anything else that escapes is a bug.
+Anything else that escapes is a bug. Messages never hold a password: one that quotes a database URL
+or connection string (psycopg's own texts can) has it redacted when the error is made.
 """
 
 from __future__ import annotations
@@ -17,6 +18,11 @@ class RagtuneError(Exception):
 
     exit_code: int = 1
 
+    def __init__(self, *args: object) -> None:
+        from ragtune.tools.database import redact_url
+
+        super().__init__(*(redact_url(a) if isinstance(a, str) else a for a in args))
+
 
 class ConfigError(RagtuneError):
     """The configuration cannot work (unknown option value, unwritable data directory, ...)."""
@@ -25,7 +31,11 @@ class ConfigError(RagtuneError):
 
 
 class InputError(RagtuneError):
-    """An input file, line or argument is unusable; the message names the file and line."""
+    """An input file, line or argument is unusable; the message names the file and line.
+
+    Batch commands (`ask --questions`, `search --queries`) report such an error on the line of
+    the question that caused it, go on, and exit with this code when any line failed.
+    """
 
     exit_code = 3
 
@@ -35,7 +45,11 @@ class FilterError(InputError):
 
 
 class DatabaseError(RagtuneError):
-    """The database cannot be reached or refused an operation."""
+    """The database cannot be reached, went away mid-run, or refused an operation.
+
+    The CLI also reports psycopg's `OperationalError` and `InterfaceError` (a terminated backend,
+    a server shut down) and pool timeouts with this code.
+    """
 
     exit_code = 4
 

@@ -3,8 +3,9 @@
 Each command group lives in its own module and registers its subcommands here. A `RagtuneError`
 prints `error: <message>` and exits with its code; a lost or unreachable database (psycopg's
 `OperationalError` or `InterfaceError`, a pool timeout) is a `DatabaseError` (exit 4); an interrupt
-exits 130; anything else unexpected prints one line (the stack trace only with `--debug`) and exits
-70. Every message has its passwords redacted: URLs and connection strings can reach error texts.
+exits 130; anything else unexpected prints one line and exits 70. `--debug` prints the stack trace
+first. Everything printed has its passwords redacted: URLs and connection strings can reach error
+texts.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+import traceback
 from collections.abc import Sequence
 
 from ragtune import __version__
@@ -63,27 +65,31 @@ def main(argv: Sequence[str] | None = None) -> int:
         logging.getLogger("psycopg.pool").setLevel(logging.ERROR)
     try:
         code = args.handler(args)
-    except RagtuneError as exc:
-        if args.debug:
-            raise
-        print(f"error: {_redacted(str(exc))}", file=sys.stderr)
-        return exc.exit_code
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
     except BrokenPipeError:
         return 0
     except Exception as exc:  # the last line of defence: one line, not a stack trace
-        if args.debug:
-            raise
-        lost = database_error(exc)
-        if lost is not None:
-            print(f"error: {_redacted(str(lost))}", file=sys.stderr)
-            return lost.exit_code
-        print(f"internal error: {type(exc).__name__}: {_redacted(str(exc))} (run with --debug "
-              "for details)", file=sys.stderr)
-        return EXIT_INTERNAL
+        return report_error(exc, debug=args.debug)
     return int(code or 0)
+
+
+def report_error(exc: Exception, *, debug: bool = False) -> int:
+    """Print `exc` as one `error: ...` line (after its stack trace with `debug`); return the code.
+
+    Passwords are redacted from everything printed, the stack trace included: psycopg's messages
+    can quote a connection string whole.
+    """
+    if debug:
+        print(_redacted("".join(traceback.format_exception(exc))), file=sys.stderr, end="")
+    error = exc if isinstance(exc, RagtuneError) else database_error(exc)
+    if error is not None:
+        print(f"error: {_redacted(str(error))}", file=sys.stderr)
+        return error.exit_code
+    print(f"internal error: {type(exc).__name__}: {_redacted(str(exc))}"
+          + ("" if debug else " (run with --debug for details)"), file=sys.stderr)
+    return EXIT_INTERNAL
 
 
 def database_error(exc: BaseException) -> DatabaseError | None:
