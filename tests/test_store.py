@@ -346,3 +346,39 @@ def test_text_statistics_stay_exact_through_every_write_path(fake_store: Knowled
     assert stats() == (2, {"red": 2, "appl": 1, "pear": 1})
     fake_store.delete(["a"])
     assert stats() == (1, {"red": 1, "pear": 1})
+
+
+def test_missing_collection_lists_the_collections_there(fake_store: KnowledgeStore) -> None:
+    with pytest.raises(ConfigError, match="No collection named 'nope'") as info:
+        KnowledgeStore(fake_store.database, fake_store.embeddings, "nope", create=False)
+    assert repr(fake_store.collection) in str(info.value)
+    assert "ragtune ingest" in str(info.value)
+
+
+def test_concurrent_writers_of_one_source_report_it_new_once(fake_store: KnowledgeStore,
+                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    """Two writers that both embedded the same new sources: one reports them new, one unchanged."""
+    import threading
+
+    batch = [SourceChunks(f"doc-{i}", [f"text {i} a", f"text {i} b"], title=f"Doc {i}")
+             for i in range(5)]
+    both_embedded = threading.Barrier(2, timeout=30)
+    embed = fake_store._embed
+
+    def embed_then_wait(texts):  # type: ignore[no-untyped-def]
+        vectors = embed(texts)
+        if texts:
+            both_embedded.wait()  # neither writes before both have seen the sources missing
+        return vectors
+
+    monkeypatch.setattr(fake_store, "_embed", embed_then_wait)
+    reports = []
+    threads = [threading.Thread(target=lambda: reports.append(fake_store.upsert_sources(batch)))
+               for _ in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=60)
+    assert len(reports) == 2
+    assert sorted((r.new, r.unchanged) for r in reports) == [(0, 5), (5, 0)]
+    assert sum(r.chunks_written for r in reports) == 10 == fake_store.count()

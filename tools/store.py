@@ -240,7 +240,13 @@ class KnowledgeStore(VectorStore):
                     )
                 return str(table)
             if not create:
-                raise ConfigError(f"No collection named {self.collection!r}")
+                names = [r[0] for r in conn.execute(
+                    "SELECT name FROM ragtune_collections ORDER BY name LIMIT 21").fetchall()]
+                known = (f"the collections here are {', '.join(map(repr, names[:20]))}"
+                         + (", ..." if len(names) > 20 else "")) if names else \
+                    "there are no collections yet"
+                raise ConfigError(f"No collection named {self.collection!r}: {known}. Add "
+                                  "documents with `ragtune ingest PATH -c NAME`.")
             table = _table_name(self.collection)
             self._create_table(conn, table)
             conn.execute(
@@ -395,7 +401,9 @@ class KnowledgeStore(VectorStore):
 
         A source whose chunks are all already stored is left alone (and not re-embedded). A source
         whose chunks differ loses its old chunks and gains the new ones atomically. Concurrent
-        writers of the same source serialise on a per-source advisory lock.
+        writers of the same source serialise on a per-source advisory lock, and the report is
+        decided under that lock: of two processes ingesting the same new source, one reports it
+        new and the other unchanged.
         """
         report = UpsertReport()
         if not batch:
@@ -407,30 +415,41 @@ class KnowledgeStore(VectorStore):
             chunks = wanted.setdefault(item.source, {})
             for index, text in enumerate(item.texts):
                 chunks.setdefault(chunk_id(self.collection, item.source, text), (index, text))
-        existing = self._ids_by_source(list(wanted))
-        to_embed: list[tuple[SourceChunks, str, int, str]] = []
-        for item in items.values():
-            ids = wanted[item.source]
-            old = existing.get(item.source, set())
-            if old == set(ids):
-                report.unchanged += 1
-                continue
-            if old:
-                report.replaced += 1
-            else:
-                report.new += 1
-            to_embed += [(item, cid, idx, text) for cid, (idx, text) in ids.items()
-                         if cid not in old]
-        vectors = self._embed([text for *_, text in to_embed])
-        rows = [
-            (cid, item.source, idx, item.title, text, Jsonb(_source_metadata(item)), vec)
-            for (item, cid, idx, text), vec in zip(to_embed, vectors, strict=True)
-        ]
-        changed = sorted(s for s in wanted if existing.get(s, set()) != set(wanted[s]))
+        # Embedding is the slow part: do it before taking any lock, for what looks missing now.
+        seen = self._ids_by_source(list(wanted))
+        changed = sorted(s for s in wanted if seen.get(s, set()) != set(wanted[s]))
+        report.unchanged = len(wanted) - len(changed)
+        missing = [(cid, text) for s in changed for cid, (_, text) in wanted[s].items()
+                   if cid not in seen.get(s, set())]
+        vectors = dict(zip([cid for cid, _ in missing],
+                           self._embed([text for _, text in missing]), strict=True))
+        if not changed:
+            return report
         with self.database.pool.connection() as conn, conn.transaction():
             for source in changed:
                 conn.execute("SELECT pg_advisory_xact_lock(hashtextextended(%s, 0))",
                              (f"{self.table}\x1f{source}",))
+            # Another writer may have stored (or replaced) these sources while we embedded.
+            existing = self._ids_by_source(changed, conn)
+            rows = []
+            for source in changed:
+                old = existing.get(source, set())
+                if old == set(wanted[source]):
+                    report.unchanged += 1
+                    continue
+                if old:
+                    report.replaced += 1
+                else:
+                    report.new += 1
+                item = items[source]
+                rows += [(cid, source, idx, item.title, text, Jsonb(_source_metadata(item)),
+                          vectors.get(cid))
+                         for cid, (idx, text) in wanted[source].items() if cid not in old]
+            late = [i for i, row in enumerate(rows) if row[-1] is None]
+            if late:  # chunks another writer removed meanwhile: rare, embed them now
+                fresh = self._embed([rows[i][4] for i in late])
+                for i, vector in zip(late, fresh, strict=True):
+                    rows[i] = (*rows[i][:-1], vector)
             keep = [cid for s in changed for cid in wanted[s]]
             cur = conn.execute(
                 sql.SQL("DELETE FROM {} WHERE source = ANY(%s) AND NOT (id = ANY(%s))").format(
@@ -441,13 +460,15 @@ class KnowledgeStore(VectorStore):
             report.chunks_written = self._write_rows(conn, rows, update=False) if rows else 0
         return report
 
-    def _ids_by_source(self, sources: list[str]) -> dict[str, set[str]]:
-        with self.database.pool.connection() as conn:
-            rows = conn.execute(
-                sql.SQL("SELECT source, array_agg(id) FROM {} WHERE source = ANY(%s)"
-                        " GROUP BY source").format(sql.Identifier(self.table)),
-                (sources,),
-            ).fetchall()
+    def _ids_by_source(self, sources: list[str],
+                       conn: psycopg.Connection[Any] | None = None) -> dict[str, set[str]]:
+        statement = sql.SQL("SELECT source, array_agg(id) FROM {} WHERE source = ANY(%s)"
+                            " GROUP BY source").format(sql.Identifier(self.table))
+        if conn is not None:
+            rows = conn.execute(statement, (sources,)).fetchall()
+        else:
+            with self.database.pool.connection() as own:
+                rows = own.execute(statement, (sources,)).fetchall()
         return {source: set(ids) for source, ids in rows}
 
     def delete(self, ids: list[str] | None = None, **kwargs: Any) -> bool | None:
