@@ -229,6 +229,8 @@ def test_cli_k_and_filter_ranges(capsys: pytest.CaptureFixture[str]) -> None:
         (["search", "x", "-k", str(2**70)], "-k must be an integer from 1 to 10,000"),
         (["search", "x", "-k", "10001"], "-k must be an integer from 1 to 10,000"),
         (["ask", "Who?", "-k", str(2**70)], "-k must be an integer from 1 to 10,000"),
+        (["ask", "Who is caf\udce9?"], "The question contains a lone surrogate U+DCE9"),
+        (["search", "caf\udce9"], "the query contains a lone surrogate U+DCE9"),
         (["search", "x", "--filter", '{"a": NaN}'], "NaN is not a JSON number"),
         (["search", "x", "--filter", '{"a": {"$lt": Infinity}}'], "Infinity"),
         (["search", "x", "--filter", '{"a": "\\u0000"}'], "NUL character"),
