@@ -382,3 +382,18 @@ def test_concurrent_writers_of_one_source_report_it_new_once(fake_store: Knowled
     assert len(reports) == 2
     assert sorted((r.new, r.unchanged) for r in reports) == [(0, 5), (5, 0)]
     assert sum(r.chunks_written for r in reports) == 10 == fake_store.count()
+
+
+@pytest.mark.parametrize("texts, metadatas, message", [
+    (["good", "bad\x00text"], None, r"Document 1: text contains a NUL character at position 3"),
+    (["good", "bad \ud800"], None, r"Document 1: text contains a lone surrogate U\+D800"),
+    (["a", "b"], [{}, {"x": float("nan")}], r"Document 1: metadata\['x'\]: NaN"),
+    (["a"], [{"k\x00": 1}], r"Document 0: metadata: key 'k\\x00' contains a NUL"),
+    (["a"], [{"when": object()}], r"Document 0: metadata\['when'\]: object is not a JSON value"),
+    ([3], None, "Document 0: text must be a string, not int"),
+])
+def test_add_texts_refuses_what_postgres_would_and_writes_nothing(
+        fake_store: KnowledgeStore, texts: list, metadatas: list | None, message: str) -> None:
+    with pytest.raises(InputError, match=message):
+        fake_store.add_texts(texts, metadatas, batch_size=1)
+    assert fake_store.count() == 0

@@ -365,6 +365,7 @@ class KnowledgeStore(VectorStore):
         metadatas = list(metadatas) if metadatas else [{} for _ in texts]
         if len(metadatas) != len(texts) or (ids is not None and len(ids) != len(texts)):
             raise InputError("texts, metadatas and ids must have the same length")
+        _check_documents(texts, metadatas)
         out_ids: list[str] = []
         for start in range(0, len(texts), batch_size):
             part = texts[start:start + batch_size]
@@ -373,8 +374,6 @@ class KnowledgeStore(VectorStore):
             vectors = self._embed(part)
             rows = []
             for text, meta, given, vector in zip(part, metas, part_ids, vectors, strict=True):
-                if not isinstance(text, str):
-                    raise InputError(f"Document text must be a string, not {type(text).__name__}")
                 meta = dict(meta or {})
                 source, title, chunk_index = _columns_of(meta)
                 row_id = str(given) if given else chunk_id(self.collection, source, text)
@@ -778,6 +777,26 @@ def _source_metadata(item: SourceChunks) -> dict[str, Any]:
     if item.title is not None:
         meta["title"] = item.title
     return meta
+
+
+def _check_documents(texts: Sequence[Any], metadatas: Sequence[Any]) -> None:
+    """Raise `InputError` for the first text or metadata PostgreSQL would refuse, before any write.
+
+    Checking the whole input first means a bad document never leaves earlier batches written.
+    """
+    from ragtune.tools.validation import json_problem, text_problem
+
+    for i, (text, meta) in enumerate(zip(texts, metadatas, strict=True)):
+        if not isinstance(text, str):
+            raise InputError(f"Document {i}: text must be a string, not {type(text).__name__}")
+        problem = text_problem(text)
+        if problem is None and meta is not None and not isinstance(meta, dict):
+            problem = f"metadata must be a dict, not {type(meta).__name__}"
+        if problem is None:
+            problem = json_problem(meta or {}, where="metadata")
+        if problem is not None:
+            raise InputError(f"Document {i}: {'text ' if problem.startswith('contains') else ''}"
+                             f"{problem}")
 
 
 def check_mode(mode: str) -> SearchMode:
