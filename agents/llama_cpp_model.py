@@ -162,6 +162,7 @@ class LlamaCppLM(LocalCausalLM):
             AdapterError: The adapter cannot be converted or does not fit these base weights.
         """
         import llama_cpp
+        from llama_cpp._utils import suppress_stdout_stderr
 
         from ragtune.agents.lora_gguf import gguf_adapter
         from ragtune.errors import AdapterError
@@ -173,7 +174,9 @@ class LlamaCppLM(LocalCausalLM):
             started = time.perf_counter()
             converted = gguf_adapter(Path(path), architecture=self.architecture,
                                      block_count=self.block_count, base_sha256=self.fingerprint)
-            handle = llama_cpp.llama_adapter_lora_init(llama.model, str(converted).encode())
+            # llama.cpp prints a line per adapted tensor kept off its repacked CPU buffers.
+            with suppress_stdout_stderr(disable=False):
+                handle = llama_cpp.llama_adapter_lora_init(llama.model, str(converted).encode())
             if not handle:
                 raise AdapterError(f"llama.cpp refused the adapter {Path(path).name} "
                                    f"(converted to {converted.name}); see its log above.")

@@ -226,8 +226,9 @@ def load_local_model(
     with _LOAD_LOCK:
         runtime = _LOADED.get((target, chosen))
         if runtime is None:
-            runtime = (_load_gguf_runtime(source, target) if chosen == "llama.cpp"
-                       else _load_runtime(source, target))
+            # None leaves the choice to `_load_runtime` (the same environment, the same answer).
+            runtime = (_load_runtime(source, target) if engine is None
+                       else _load_runtime(source, target, chosen))
             _LOADED[(target, chosen)] = runtime
         return runtime
 
@@ -372,7 +373,10 @@ def _check_local_extras(source: LocalModelSource) -> None:
         ) from exc
 
 
-def _load_runtime(source: LocalModelSource, target: Path) -> LocalCausalLM:
+def _load_runtime(source: LocalModelSource, target: Path,
+                  engine: str | None = None) -> LocalCausalLM:
+    if resolve_engine_lazily(engine) == "llama.cpp":
+        return _load_gguf_runtime(source, target)
     _check_local_extras(source)
     from ragtune.agents.local_model import LocalCausalLM
 
@@ -385,6 +389,13 @@ def _load_runtime(source: LocalModelSource, target: Path) -> LocalCausalLM:
     )
     log.info("Loaded local:%s from %s in %.1f s", source.name, target, time.monotonic() - started)
     return runtime
+
+
+def resolve_engine_lazily(engine: str | None) -> str:
+    """`ragtune.agents.llama_cpp_model.resolve_engine`, imported when first needed."""
+    from ragtune.agents.llama_cpp_model import resolve_engine
+
+    return resolve_engine(engine)
 
 
 def _load_gguf_runtime(source: LocalModelSource, target: Path) -> LocalCausalLM:
