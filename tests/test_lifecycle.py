@@ -149,3 +149,36 @@ def test_a_run_cannot_choose_the_database(module: str) -> None:
     inputs = {"question": "Where?"} if module == "orchestrator" else {"paths": []}
     with pytest.raises(TypeError, match="database_url"):
         graph.invoke(inputs, context={"database_url": "postgresql://elsewhere/db"})
+
+
+def test_cli_terminated_mid_ingest_exits_143_and_leaves_whole_sources(home: Path,
+                                                                       tmp_path: Path) -> None:
+    """SIGTERM unwinds the CLI like an interrupt: the batch rolls back, the server stops."""
+    import json
+
+    folder = tmp_path / "docs"
+    folder.mkdir()
+    words = "river town bridge mill harbour tower market abbey castle meadow".split()
+    for i in range(1200):
+        body = " ".join(words[(i + j) % len(words)] for j in range(60))
+        (folder / f"doc{i:04}.txt").write_text(f"Document {i}. {body}\n")
+    env = {**os.environ, "RAGTUNE_HOME": str(home)}
+    env.pop("RAGTUNE_DATABASE_URL", None)
+    process = subprocess.Popen([sys.executable, "-m", "ragtune.cli", "ingest", str(folder),
+                                "-c", "terminated", "--json"], env=env, text=True,
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    assert _wait_until(lambda: _postmaster(home) is not None, timeout=60)
+    time.sleep(4)  # inside the embedding of the first batches
+    process.send_signal(signal.SIGTERM)
+    _, stderr = process.communicate(timeout=60)
+    assert process.returncode == 143, stderr
+    assert stderr.strip().splitlines()[-1] == "terminated"
+    assert "Traceback" not in stderr
+    assert _wait_until(lambda: _postmaster(home) is None, timeout=15)
+    # Whole sources only: every stored source has all of its chunks (one each here).
+    again = subprocess.run([sys.executable, "-m", "ragtune.cli", "ingest", str(folder),
+                            "-c", "terminated", "--json"], env=env, capture_output=True,
+                           text=True, timeout=600)
+    assert again.returncode == 0, again.stderr
+    summary = json.loads(again.stdout)
+    assert summary["new"] + summary["unchanged"] == 1200 and summary["replaced"] == 0

@@ -12,7 +12,9 @@ from __future__ import annotations
 
 import argparse
 import logging
+import signal
 import sys
+import threading
 import traceback
 from collections.abc import Sequence
 
@@ -21,6 +23,7 @@ from ragtune.errors import DatabaseError, RagtuneError
 
 EXIT_INTERNAL = 70
 EXIT_INTERRUPTED = 130
+EXIT_TERMINATED = 143
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -60,19 +63,34 @@ def main(argv: Sequence[str] | None = None) -> int:
         from ragtune.agents.models import quiet_model_libraries
 
         quiet_model_libraries()  # no library progress bars or deprecation notices unless -v
-    if not args.verbose:
         # The pool warns about each broken connection it drops; the error line says it once.
         logging.getLogger("psycopg.pool").setLevel(logging.ERROR)
+    in_main = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, _terminate) if in_main else None
     try:
         code = args.handler(args)
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
+    except Terminated:
+        print("terminated", file=sys.stderr)
+        return EXIT_TERMINATED
     except BrokenPipeError:
         return 0
     except Exception as exc:  # the last line of defence: one line, not a stack trace
         return report_error(exc, debug=args.debug)
+    finally:
+        if in_main:
+            signal.signal(signal.SIGTERM, previous)
     return int(code or 0)
+
+
+class Terminated(BaseException):
+    """SIGTERM arrived: unwind like an interrupt, so transactions roll back and servers detach."""
+
+
+def _terminate(signum: int, frame: object) -> None:
+    raise Terminated
 
 
 def report_error(exc: Exception, *, debug: bool = False) -> int:
