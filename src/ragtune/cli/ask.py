@@ -29,7 +29,11 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
                    help="chat model (default local:gemma-3-270m)")
     p.add_argument("-k", type=int, default=None,
                    help=f"paragraphs per retrieval (1 to {MAX_K:,})")
-    p.add_argument("--thread-id", default=None, help="checkpoint the run under this thread")
+    p.add_argument("--thread-id", default=None,
+                   help="checkpoint the run under this thread; a thread that answered before "
+                        "gets the question as its next turn")
+    p.add_argument("--resume", action="store_true",
+                   help="finish the interrupted run of --thread-id (no QUESTION)")
     p.add_argument("--trace", action="store_true", help="print the route trace")
     p.add_argument("--json", action="store_true", help="print JSON")
     p.set_defaults(handler=run_ask)
@@ -50,24 +54,40 @@ def print_trace(trace: list[dict[str, Any]]) -> None:
               f" - {ev.get('reason', '')} ({ev.get('elapsed_ms', 0):.0f} ms)")
 
 
+def _ask_in_thread(agent: Any, args: argparse.Namespace) -> Any:
+    """Ask the question, resume the thread's interrupted run, or refuse to lose that run."""
+    if args.resume:
+        return agent.resume(args.thread_id)
+    if args.thread_id is not None and agent.pending(args.thread_id):
+        raise InputError(f"Thread {args.thread_id!r} has an interrupted run: finish it with "
+                         f"`ragtune ask --thread-id {args.thread_id} --resume`, or use another "
+                         "thread")
+    return agent.ask(args.question, thread_id=args.thread_id)
+
+
 def run_ask(args: argparse.Namespace) -> int:
     """Answer the question(s); in batch mode a failing question gets an error line."""
     from ragtune.agent import Agent
 
-    if (args.question is None) == (args.questions is None):
+    if args.resume:
+        if args.thread_id is None or args.question is not None or args.questions is not None:
+            raise InputError("--resume needs --thread-id T and no QUESTION")
+    elif (args.question is None) == (args.questions is None):
         raise InputError("give a QUESTION or --questions FILE.jsonl (not both)")
+    if args.thread_id is not None and args.questions is not None:
+        raise InputError("--thread-id takes one QUESTION, not --questions")
     if args.k is not None and (problem := k_problem(args.k, "-k")):
         raise InputError(problem)
     batch = read_questions(args.questions, allow_blank=True) if args.questions else None
     overrides = {"collection": args.collection, "routing_policy": args.policy,
                  "model": args.model, "k": args.k}
-    if args.database_url:
-        overrides["database_url"] = args.database_url
-    with Agent(checkpoint=args.thread_id is not None, **overrides) as agent:
+    with Agent(checkpoint=args.thread_id is not None, database_url=args.database_url,
+               home=args.home, **overrides) as agent:
         if batch is None:
-            answer = agent.ask(args.question, thread_id=args.thread_id)
+            answer = _ask_in_thread(agent, args)
             if args.json:
-                print(json.dumps({**_line("1", answer), "question": args.question}))
+                print(json.dumps({**_line("1", answer), "question": args.question,
+                                  "thread_id": answer.thread_id, "turn": answer.turn}))
                 return 0
             print(answer.text or "(no answer)")
             for number, c in enumerate(answer.citations, 1):
