@@ -29,6 +29,10 @@ PROMPT = "Question: Which river flows through London?\nAnswer:"
 
 
 def test_engine_comes_from_argument_then_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv(ENGINE_ENV, raising=False)
+    assert resolve_engine() == "transformers"  # the default: llama.cpp is opt-in
+    monkeypatch.setenv(ENGINE_ENV, "llama.cpp" if llama_cpp_available() else "auto")
+    assert resolve_engine() == ("llama.cpp" if llama_cpp_available() else "transformers")
     monkeypatch.setenv(ENGINE_ENV, "transformers")
     assert resolve_engine() == "transformers"
     assert resolve_engine("Transformers ") == "transformers"

@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from tests.tiny_lm import CORPUS
+from tests.tiny_lm import build_tiny_tokenizer
 
 TINY_GEMMA_ID = "tests/tiny-gemma3"
 
@@ -20,22 +20,9 @@ TINY_GEMMA_ID = "tests/tiny-gemma3"
 def build_tiny_gemma(folder: Path, *, seed: int = 0) -> tuple[Path, Path]:
     """Write a tiny random Gemma 3 model to `folder` and its GGUF beside it; return both paths."""
     import torch
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import Gemma3ForCausalLM, Gemma3TextConfig, PreTrainedTokenizerFast
+    from transformers import Gemma3ForCausalLM, Gemma3TextConfig
 
-    specials = ["<pad>", "<eos>", "<bos>", "<unk>"]
-    tokenizer = Tokenizer(models.BPE(unk_token="<unk>"))
-    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tokenizer.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=400, special_tokens=specials,
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
-    tokenizer.train_from_iterator(CORPUS * 4, trainer)
-    from tokenizers.processors import TemplateProcessing
-
-    tokenizer.post_processor = TemplateProcessing(
-        single="<bos> $A", special_tokens=[("<bos>", tokenizer.token_to_id("<bos>"))])
-    fast = PreTrainedTokenizerFast(tokenizer_object=tokenizer, pad_token="<pad>",
-                                   bos_token="<bos>", eos_token="<eos>", unk_token="<unk>")
+    tokenizer, fast = build_tiny_tokenizer(["<pad>", "<eos>", "<bos>", "<unk>"])
     config = Gemma3TextConfig(
         vocab_size=len(fast), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
         num_attention_heads=2, num_key_value_heads=1, head_dim=16, query_pre_attn_scalar=16,

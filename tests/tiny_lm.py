@@ -8,6 +8,7 @@ peft / Trainer / generation code that gemma-3-270m goes through.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 CORPUS = [
     "Question: Which river flows through London?\nAnswer: The Thames",
@@ -18,25 +19,34 @@ CORPUS = [
 ]
 
 
-def build_tiny_lm(folder: Path, *, seed: int = 0) -> Path:
-    """Write a tiny random Llama model and its tokenizer to `folder`; return it."""
-    import torch
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+def build_tiny_tokenizer(specials: list[str]) -> tuple[Any, Any]:
+    """Train the byte-level BPE on `CORPUS`; return it and its `PreTrainedTokenizerFast`.
 
-    specials = ["<pad>", "<bos>", "<eos>", "<unk>"]
+    `specials` are the pad, bos, eos and unk tokens, in the order their ids should take.
+    """
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from tokenizers.processors import TemplateProcessing
+    from transformers import PreTrainedTokenizerFast
+
     tokenizer = Tokenizer(models.BPE(unk_token="<unk>"))
     tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tokenizer.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(vocab_size=400, special_tokens=specials,
                                   initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
     tokenizer.train_from_iterator(CORPUS * 4, trainer)
-    from tokenizers.processors import TemplateProcessing
-
     tokenizer.post_processor = TemplateProcessing(
         single="<bos> $A", special_tokens=[("<bos>", tokenizer.token_to_id("<bos>"))])
     fast = PreTrainedTokenizerFast(tokenizer_object=tokenizer, pad_token="<pad>",
                                    bos_token="<bos>", eos_token="<eos>", unk_token="<unk>")
+    return tokenizer, fast
+
+
+def build_tiny_lm(folder: Path, *, seed: int = 0) -> Path:
+    """Write a tiny random Llama model and its tokenizer to `folder`; return it."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    _, fast = build_tiny_tokenizer(["<pad>", "<bos>", "<eos>", "<unk>"])
     config = LlamaConfig(vocab_size=len(fast), hidden_size=32, intermediate_size=64,
                          num_hidden_layers=2, num_attention_heads=2, num_key_value_heads=1,
                          max_position_embeddings=1024, pad_token_id=fast.pad_token_id,

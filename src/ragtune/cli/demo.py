@@ -10,6 +10,7 @@ collection, the one `ragtune ask` and `ragtune search` read when no `-c` is give
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -126,4 +127,10 @@ def prepare_local_models(context: Context) -> None:
         if not local_model_ready(name):
             print(f"\nConverting the local model local:{name} once (a few minutes on CPU; later "
                   "runs reuse it) ...", flush=True)
-            prepare_local_model(name)
+            models_log = logging.getLogger("ragtune.agents.models")
+            level = models_log.level
+            models_log.setLevel(logging.ERROR)  # its own notice would repeat the line above
+            try:
+                prepare_local_model(name)
+            finally:
+                models_log.setLevel(level)
