@@ -99,6 +99,12 @@ def run_qa_bench(config: QABenchConfig, *, models: StrategyModels | None = None,
                 .hexdigest()}
     if config.read_first_confidence is not None:
         settings["read_first_confidence"] = config.read_first_confidence
+    if config.model.startswith("local:"):
+        from ragtune.agents.llama_cpp_model import DEFAULT_ENGINE, resolve_engine
+
+        engine = resolve_engine()
+        if engine != DEFAULT_ENGINE:  # recorded only off the default, so older runs stay valid
+            settings["local_engine"] = engine
     out_dir = Path(config.out_dir)
     check_run_settings(out_dir, settings, fresh=config.fresh)
     update_costs: dict[str, Any] = {}
