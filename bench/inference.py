@@ -1,22 +1,22 @@
-"""Local inference speed: each serving path of gemma-3-270m, and what the default buys per question.
+"""Local inference speed: each serving path of gemma-3-270m, and what the fastest buys per question.
 
 Three sections, each printed as a markdown table and written to `bench/results/inference.json`:
 
 - `speed`: prefill seconds and decode tokens/s of every local path on the same prompt (a HotpotQA
   reader prompt cut to about 284 tokens, 64 new tokens, greedy), as ratios to llama.cpp. Paths:
   transformers float32 (what ragtune ran before llama.cpp), transformers bfloat16, and llama.cpp on
-  the shipped Q4_K_M GGUF file (the default when llama-cpp-python is installed). Prefill is the
+  the shipped Q4_K_M GGUF file (opt-in: `RAGTUNE_LOCAL_ENGINE=llama.cpp`). Prefill is the
   time to the first token of a call with nothing cached; decode is the other 63 tokens. The paths
   take turns for a few rounds and the median is kept, so load from other processes hits each alike.
 - `router`: the classifier router's decision time, the question's embedding included, on one torch
   thread (p50 and p90 over the questions).
 - `qa`: the `rag` and `adaptive` strategies of `ragtune bench qa` on the first N HotpotQA test
   questions (the whole test pool ingested as distractors), once on the transformers float32 path
-  and once on the default engine. Each path runs in its own worker process, and the two take turns
-  question by question, so drifting load on a shared machine hits both alike; the load average is
-  recorded with every question. Reported: EM, F1, seconds per question, the paired-bootstrap 95%
-  interval of the F1 difference (default - float32) and of the time ratio (default / float32),
-  and the share of identical answers.
+  and once on the candidate engine (`--candidate`, default llama.cpp). Each path runs in its own
+  worker process, and the two take turns question by question, so drifting load on a shared
+  machine hits both alike; the load average is recorded with every question. Reported: EM, F1,
+  seconds per question, the paired-bootstrap 95% interval of the F1 difference (candidate -
+  float32) and of the time ratio (candidate / float32), and the share of identical answers.
 
     .venv/bin/python bench/inference.py                       # all sections (~20 min on 2 cores)
     .venv/bin/python bench/inference.py --sections speed router
@@ -223,7 +223,7 @@ def run_qa(args: argparse.Namespace) -> dict[str, Any]:
     """Run both paths' workers and alternate them question by question."""
     from ragtune.evaluation.report import paired_bootstrap
 
-    paths = {"transformers float32": "transformers", "default": "auto"}
+    paths = {"transformers float32": "transformers", "candidate": args.candidate}
     workers: dict[str, subprocess.Popen[str]] = {}
     info: dict[str, Any] = {}
     for label, engine in paths.items():
@@ -251,7 +251,7 @@ def run_qa(args: argparse.Namespace) -> dict[str, Any]:
                 worker.stdin.write(f"{index} {name}\n")
                 worker.stdin.flush()
                 rows[label][name].append(json.loads(worker.stdout.readline()))
-        done = rows["default"][args.strategies[0]][-1]
+        done = rows["candidate"][args.strategies[0]][-1]
         print(f"  question {index + 1}/{args.limit - 1} (load {done['load_avg_1m']:.1f})",
               file=sys.stderr, flush=True)
     for worker in workers.values():
@@ -260,9 +260,9 @@ def run_qa(args: argparse.Namespace) -> dict[str, Any]:
         worker.wait(timeout=60)
     summary: dict[str, Any] = {"paths": info, "strategies": {}}
     for name in args.strategies:
-        base, new = rows["transformers float32"][name], rows["default"][name]
+        base, new = rows["transformers float32"][name], rows["candidate"][name]
         section: dict[str, Any] = {}
-        for label, got in (("transformers float32", base), ("default", new)):
+        for label, got in (("transformers float32", base), ("candidate", new)):
             section[label] = {
                 "em": statistics.mean(r["em"] for r in got),
                 "f1": statistics.mean(r["f1"] for r in got),
@@ -270,9 +270,9 @@ def run_qa(args: argparse.Namespace) -> dict[str, Any]:
                 "errors": sum(1 for r in got if r.get("error"))}
         f1 = paired_bootstrap([r["f1"] for r in new], [r["f1"] for r in base])
         seconds = paired_bootstrap([r["latency_s"] for r in new], [r["latency_s"] for r in base])
-        section["f1_diff"] = section["default"]["f1"] - section["transformers float32"]["f1"]
+        section["f1_diff"] = section["candidate"]["f1"] - section["transformers float32"]["f1"]
         section["f1_diff_ci95"] = f1["diff_ci95"]
-        section["time_ratio"] = (section["default"]["seconds_per_question"]
+        section["time_ratio"] = (section["candidate"]["seconds_per_question"]
                                  / section["transformers float32"]["seconds_per_question"])
         section["time_ratio_ci95"] = seconds["ratio_ci95"]
         section["same_answer"] = statistics.mean(
@@ -290,13 +290,13 @@ def qa_markdown(summary: dict[str, Any]) -> str:
     lines = ["| strategy | path | EM | F1 | s / question | F1 diff (95% CI) | time ratio (95% CI) "
              "| same answer |", "|---|---|---|---|---|---|---|---|"]
     for name, s in summary["strategies"].items():
-        for label in ("transformers float32", "default"):
+        for label in ("transformers float32", "candidate"):
             row = s[label]
             precision = summary["paths"][label]
             extra = (f"{s['f1_diff']:+.3f} ({s['f1_diff_ci95'][0]:+.3f}, "
                      f"{s['f1_diff_ci95'][1]:+.3f}) | {s['time_ratio']:.2f} "
                      f"({s['time_ratio_ci95'][0]:.2f}, {s['time_ratio_ci95'][1]:.2f}) | "
-                     f"{s['same_answer']:.0%}" if label == "default" else " | | ")
+                     f"{s['same_answer']:.0%}" if label == "candidate" else " | | ")
             lines.append(f"| {name} | {label} ({precision['engine']} {precision['precision']}) "
                          f"| {row['em']:.3f} | {row['f1']:.3f} | "
                          f"{row['seconds_per_question']:.2f} | {extra} |")
@@ -314,6 +314,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--limit", type=int, default=61,
                         help="qa: questions loaded; the last one warms the workers up")
     parser.add_argument("--strategies", nargs="+", default=["rag", "adaptive"])
+    parser.add_argument("--candidate", default="llama.cpp",
+                        help="qa: the engine compared with transformers float32")
     parser.add_argument("--data-dir", default=None)
     parser.add_argument("--out", default=str(RESULTS / "inference.json"))
     args = parser.parse_args(argv)
