@@ -158,7 +158,8 @@ def test_cli_terminated_mid_ingest_exits_143_and_leaves_whole_sources(home: Path
 
     folder = tmp_path / "docs"
     folder.mkdir()
-    words = "river town bridge mill harbour tower market abbey castle meadow".split()
+    words = ["river", "town", "bridge", "mill", "harbour", "tower", "market", "abbey", "castle",
+             "meadow"]
     for i in range(1200):
         body = " ".join(words[(i + j) % len(words)] for j in range(60))
         (folder / f"doc{i:04}.txt").write_text(f"Document {i}. {body}\n")

@@ -355,8 +355,8 @@ def test_missing_collection_lists_the_collections_there(fake_store: KnowledgeSto
     assert "ragtune ingest" in str(info.value)
 
 
-def test_concurrent_writers_of_one_source_report_it_new_once(fake_store: KnowledgeStore,
-                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+def test_concurrent_writers_of_one_source_report_it_new_once(
+        fake_store: KnowledgeStore, monkeypatch: pytest.MonkeyPatch) -> None:
     """Two writers that both embedded the same new sources: one reports them new, one unchanged."""
     import threading
 

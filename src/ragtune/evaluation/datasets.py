@@ -1,8 +1,9 @@
 """The QA splits `ragtune bench qa` runs on: HotpotQA and MuSiQue `tune` / `test` files.
 
 A split is read from `<data dir>/<dataset>/dev_<split>.json` (the shared data folder:
-`RAGTUNE_DATA_DIR`, else the first `../shared/data` from the working directory upwards). Subsets are deterministic: the first N questions in file
-order (the files are already a seeded random sample). The retrieval pool of a run is the paragraphs
+`RAGTUNE_DATA_DIR`, else the first `../shared/data` from the working directory upwards). Subsets
+are deterministic: the first N questions in file order (the files are already a seeded random
+sample). The retrieval pool of a run is the paragraphs
 of every question of the split, so the store holds the distractors of questions outside the subset
 too.
 """
