@@ -111,6 +111,9 @@ class FinetuneResult:
     train_seconds: float
     train_tokens: int
     metrics: dict[str, Any]
+    main_process: bool = True
+    """False in the other processes of a multi-process run (`accelerate launch`): only the main
+    process writes the adapter and should report it."""
 
 
 @dataclass(frozen=True)
@@ -234,10 +237,17 @@ def run_finetune(config: FinetuneConfig, *, registry: AdapterRegistry | None = N
     if config.max_examples is not None:
         examples = examples[: config.max_examples]
     base = resolve_base(config.base)
-    _prepare_run_dir(run_dir, config, dataset_fingerprint(examples))
 
     import torch
+    from accelerate import PartialState
     from transformers import AutoModelForCausalLM, AutoTokenizer, set_seed
+
+    # Under `accelerate launch` every process runs this function (data-parallel training, one
+    # process per GPU); the run folder and the registry are written by the main process only.
+    processes = PartialState()
+    if processes.is_main_process:
+        _prepare_run_dir(run_dir, config, dataset_fingerprint(examples))
+    processes.wait_for_everyone()
 
     set_seed(config.seed)
     device = "cuda" if torch.cuda.is_available() else "cpu"
@@ -278,13 +288,21 @@ def run_finetune(config: FinetuneConfig, *, registry: AdapterRegistry | None = N
         "train_cpu_seconds": round(time.process_time() - cpu_started, 1),
         "steps": int(trainer.state.global_step),
         "device": device,
+        "processes": processes.num_processes,
         "resumed_from_step": _checkpoint_step(checkpoint) if checkpoint else None,
     }
     if eval_set:
         metrics["eval_loss"] = round(float(trainer.evaluate()["eval_loss"]), 4)
     train_tokens = sum(len(e["input_ids"]) for e in train_set)
-    epochs_done = metrics["steps"] * config.batch_size * config.grad_accum / max(1, len(train_set))
+    # Each optimizer step consumes batch x accumulation examples in every process.
+    epochs_done = (metrics["steps"] * config.batch_size * config.grad_accum
+                   * processes.num_processes / max(1, len(train_set)))
     metrics["train_tokens_per_s"] = round(train_tokens * epochs_done / max(train_seconds, 1e-9), 1)
+    if not processes.is_main_process:
+        processes.wait_for_everyone()  # until the main process has registered the adapter
+        latest = registry.versions(config.name)[-1]
+        return FinetuneResult(latest, len(examples), dropped, train_seconds, train_tokens,
+                              metrics, main_process=False)
 
     staging = Path(tempfile.mkdtemp(prefix=f".{config.name}-", dir=_staging_parent(registry)))
     peft_model.save_pretrained(staging, safe_serialization=True)
@@ -309,6 +327,7 @@ def run_finetune(config: FinetuneConfig, *, registry: AdapterRegistry | None = N
     }
     version = registry.add(config.name, staging, manifest)
     shutil.rmtree(run_dir, ignore_errors=True)
+    processes.wait_for_everyone()
     return FinetuneResult(version, len(examples), dropped, train_seconds, train_tokens, metrics)
 
 

@@ -82,6 +82,8 @@ def run_finetune_command(args: argparse.Namespace) -> int:
         print(f"interrupted: checkpoints of {args.name!r} are kept; continue with the same "
               "command plus --resume", file=sys.stderr)
         raise
+    if not result.main_process:  # `accelerate launch`: the main process reports the run
+        return 0
     adapter = result.adapter
     promoted = registry.promoted(adapter.name)
     summary = {
