@@ -4,10 +4,14 @@ Sub-questions may refer to earlier answers as `#1`, `#2`, ...; `resolve_referenc
 them before a sub-question runs, and `dependencies` tells which sub-questions can run in parallel
 (those that refer to no unanswered one, as in comparisons).
 
-A `SpecialistModel` serving a `decomposer` LoRA adapter is asked in the adapter's training format;
+A comparison ("Which film was released more recently, A or B?") and a yes/no question on two
+entities ("Were A and B of the same nationality?") are split by rule, with no model call, into one
+sub-question per entity asking for the compared attribute ("When was A released?"): models of
+every size decomposed these worst (`ragtune.agents.composition`). Other questions go to the model:
+a `SpecialistModel` serving a `decomposer` LoRA adapter is asked in the adapter's training format;
 any other model is prompted few-shot (`prompts.DECOMPOSE_PROMPT`). Output is parsed leniently. When
-it yields nothing usable (a small base model sometimes rambles), a deterministic fallback splits
-comparisons ("X or Y") and otherwise keeps the question whole; the result says which happened.
+it yields nothing usable (a small base model sometimes rambles), the question is kept whole; the
+result says which happened.
 """
 
 from __future__ import annotations
@@ -24,9 +28,6 @@ from ragtune.agents.specialist_model import is_adapter_model
 MAX_PLAN_TOKENS = 96
 _NUMBERED = re.compile(r"^\s*(?:\d+[.):]|[-*•])\s*(.+?)\s*$")
 _REFERENCE = re.compile(r"#(\d+)")
-_COMPARISON = re.compile(
-    r"^(?P<head>.*?\b(?:which|who|what)\b.*?)(?:,|:)?\s*(?P<a>[^,?]+?)\s+or\s+(?P<b>[^,?]+?)\s*\??$",
-    re.IGNORECASE)
 
 
 @dataclass
@@ -83,13 +84,11 @@ def resolve_references(question: str, answers: dict[int, str]) -> str:
 
 
 def fallback_decomposition(question: str) -> list[str]:
-    """Split "which ... , A or B?" comparisons into one question per side; else keep it whole."""
-    match = _COMPARISON.match(question.strip())
-    if match:
-        a, b = match.group("a").strip(), match.group("b").strip()
-        if a and b and len(a) < 120 and len(b) < 120:
-            return [f"What is known about {a}?", f"What is known about {b}?"]
-    return [question.strip()]
+    """Split a comparison (or a yes/no question on two entities) by rule; else keep it whole."""
+    from ragtune.agents.composition import question_shape
+
+    split = question_shape(question).sub_questions
+    return list(split) if split else [question.strip()]
 
 
 def decompose_question(
@@ -103,6 +102,13 @@ def decompose_question(
         prompt: The few-shot template, with a `{question}` slot.
         max_hops: The most sub-questions kept.
     """
+    from ragtune.agents.composition import question_shape
+
+    shape = question_shape(question)
+    if shape.sub_questions and max_hops >= len(shape.sub_questions):
+        subs = list(shape.sub_questions)
+        return Decomposition(subs, "", False, f"{shape.kind} of {' and '.join(shape.candidates)}: "
+                             "one sub-question per entity, by rule", dependencies(subs))
     if is_adapter_model(model, "decomposer"):
         reply = model.invoke([HumanMessage(content=question.strip())],
                              max_tokens=MAX_PLAN_TOKENS)
@@ -117,10 +123,6 @@ def decompose_question(
         return Decomposition(subs, raw, True, "model output had no numbered sub-questions",
                              dependencies(subs))
     if len(subs) == 1 and subs[0].strip().lower() == question.strip().lower():
-        split = fallback_decomposition(question)[:max_hops]
-        if len(split) > 1:
-            return Decomposition(split, raw, True, "model kept the question whole; split the "
-                                 "comparison", dependencies(split))
         reason = "model kept the question whole"
     else:
         reason = f"model gave {len(subs)} sub-questions"

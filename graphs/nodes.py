@@ -120,12 +120,14 @@ class OrchestratorNodes:
         return (name, similarity) if similarity >= ctx.specialist_threshold else None
 
     def retrieve(self, state: AgentState, runtime: Runtime[Context]) -> dict[str, Any]:
-        """Retrieve paragraphs for the current query."""
+        """Retrieve the k best paragraphs (distinct sources) for the current query."""
+        from ragtune.tools.distinct import retrieve_sources
+
         started = time.perf_counter()
         ctx = context_of(runtime)
         query = state.get("query") or state["question"]
         store = self.resources.store(ctx)
-        hits = store.retrieve(query, ctx.k, mode=ctx.search_mode)
+        hits = retrieve_sources(store, query, ctx.k, mode=ctx.search_mode)
         docs = [h.to_document() for h in hits]
         return {
             "documents": docs, "retrievals": 1, "steps": 1,
@@ -137,13 +139,15 @@ class OrchestratorNodes:
 
     def retrieve_links(self, state: AgentState, runtime: Runtime[Context]) -> dict[str, Any]:
         """Retrieve for the whole question, then follow the links its paragraphs mention."""
+        from ragtune.tools.distinct import collapse_sources
         from ragtune.tools.multihop import retrieve_with_links
 
         started = time.perf_counter()
         ctx = context_of(runtime)
         store = self.resources.store(ctx)
-        hits = retrieve_with_links(store, state["question"], first=ctx.k, linked=ctx.k,
-                                   mode=ctx.search_mode)
+        # Chunks of one paragraph would take two of the reader's k places.
+        hits = collapse_sources(retrieve_with_links(store, state["question"], first=ctx.k,
+                                                    linked=ctx.k, mode=ctx.search_mode))
         docs = [h.to_document() for h in hits]
         return {
             "documents": docs, "retrievals": 1, "steps": 1,
@@ -176,9 +180,12 @@ class OrchestratorNodes:
 
         The paragraphs are the first k that `retrieve_links` kept for the whole question (what a
         single retrieval returns). An answer below `read_first_confidence`, or from a model that
-        reports no confidence, is set aside and the question is decomposed (its paragraphs stay).
+        reports no confidence, is set aside and the question is decomposed (its paragraphs stay),
+        and so is one that does not fit the question (a comparison's answer that names neither
+        candidate, a yes/no question's answer that is neither).
         """
         from ragtune.agents.answerer import answer_from_documents
+        from ragtune.agents.composition import fit_answer, question_shape
         from ragtune.agents.specialist_model import describe_model
 
         started = time.perf_counter()
@@ -189,15 +196,18 @@ class OrchestratorNodes:
         result = answer_from_documents(state["question"], docs, model, prompt=ctx.answer_prompt,
                                        max_tokens=ctx.max_answer_tokens)
         confidence = result.confidence
-        accepted = bool(result.text) and confidence is not None and confidence >= threshold
+        fitted = fit_answer(question_shape(state["question"]), result.text)
+        accepted = fitted is not None and confidence is not None and confidence >= threshold
         shown = "unknown" if confidence is None else f"{confidence:.2f}"
+        unfit = "" if fitted is not None or not result.text else \
+            f"; {result.text!r} does not fit the question"
         return {
-            "draft": {"answer": result.text, "confidence": confidence, "accepted": accepted,
-                      "citations": citations_of(result.citations)},
+            "draft": {"answer": fitted or result.text, "confidence": confidence,
+                      "accepted": accepted, "citations": citations_of(result.citations)},
             "steps": 1, "usage": result.usage,
             "trace": [event(state, "read_first", "answer" if accepted else "decompose", started,
                             reason=f"reader confidence {shown} vs threshold {threshold} "
-                                   f"({describe_model(model)}, {len(docs)} paragraphs)",
+                                   f"({describe_model(model)}, {len(docs)} paragraphs){unfit}",
                             scores={"confidence": confidence} if confidence is not None else {},
                             detail={"answer": result.text})],
         }
@@ -227,6 +237,7 @@ class OrchestratorNodes:
         """Answer one sub-question: route it (retrieve or specialist), then run that route."""
         from ragtune.agents.answerer import answer_from_documents
         from ragtune.agents.specialist import ask_specialist
+        from ragtune.tools.distinct import retrieve_sources
 
         started = time.perf_counter()
         ctx = context_of(runtime)
@@ -235,6 +246,7 @@ class OrchestratorNodes:
         decision = router.route(question,
                                            allowed=("retrieve", "specialist"))
         docs: list[Document] = []
+        cited: list[Document] = []
         retrievals = 0
         if decision.action == "specialist":
             model = self.resources.specialist_model(ctx)
@@ -244,15 +256,16 @@ class OrchestratorNodes:
             text, usage = reply.text, reply.usage
         else:
             store = self.resources.store(ctx)
-            hits = store.retrieve(question, ctx.k, mode=ctx.search_mode)
+            hits = retrieve_sources(store, question, ctx.k, mode=ctx.search_mode)
             docs, retrievals = [h.to_document() for h in hits], 1
             model = self.resources.reader_model(ctx)
             result = answer_from_documents(question, docs, model,
                                              prompt=ctx.answer_prompt,
                                              max_tokens=ctx.max_answer_tokens)
-            text, usage = result.text, result.usage
+            text, usage, cited = result.text, result.usage, result.citations
         sub_answer = {"index": state["index"], "question": question, "answer": text,
-                      "route": decision.action, "document_ids": [str(d.id) for d in docs]}
+                      "route": decision.action, "document_ids": [str(d.id) for d in docs],
+                      "cited_ids": [str(d.id) for d in cited]}
         return {
             "sub_answers": [sub_answer], "documents": docs, "retrievals": retrievals,
             "steps": 1, "usage": usage,
@@ -282,13 +295,15 @@ class OrchestratorNodes:
         }
 
     def answer(self, state: AgentState, runtime: Runtime[Context]) -> dict[str, Any]:
-        """Write the final short answer with citations, from whatever the run gathered."""
-        from ragtune.agents.answerer import (
-            AnswerResult,
-            answer_from_documents,
-            compose_answer,
-            evidence_for_composition,
-        )
+        """Write the final short answer with citations, from whatever the run gathered.
+
+        A decomposed question's answer comes from its hops (`ragtune.agents.chain`) and cites
+        every hop's paragraphs; any answer is fitted to the question's shape (a comparison names
+        one of its candidates, a yes/no question says yes or no).
+        """
+        from ragtune.agents.answerer import AnswerResult, answer_from_documents
+        from ragtune.agents.chain import answer_from_hops
+        from ragtune.agents.composition import fit_or_choose, question_shape
         from ragtune.agents.specialist_model import describe_model
 
         started = time.perf_counter()
@@ -309,15 +324,16 @@ class OrchestratorNodes:
             how = f"read-first answer (confidence {draft['confidence']:.2f})"
         elif sub_answers:
             model = self.resources.reader_model(ctx)
-            facts = [(a["question"], a["answer"]) for a in sub_answers]
-            hops = [list(a.get("document_ids", [])) for a in sub_answers]
-            per_hop = {i for ids in hops for i in ids}
+            per_hop = {i for a in sub_answers for i in a.get("document_ids", [])}
             # Paragraphs retrieved for the whole question (retrieve_links) count as a first hop.
             whole = [str(d.id) for d in docs if str(d.id) not in per_hop]
-            evidence = evidence_for_composition(docs, [whole, *hops], ctx.k + 1)
-            result = compose_answer(state["question"], facts, evidence,
-                                    model, max_tokens=ctx.max_answer_tokens)
-            how = f"composed from {len(facts)} sub-answers by {describe_model(model)}"
+            plan = state.get("sub_questions", [])
+            is_chain = len(plan) == 1 or bool(plan and plan[-1]["depends_on"])
+            chained = answer_from_hops(state["question"], sub_answers, docs, model,
+                                       whole_ids=whole, is_chain=is_chain, limit=ctx.k + 1,
+                                       max_tokens=ctx.max_answer_tokens)
+            result = chained.result
+            how = f"{chained.how} ({describe_model(model)})"
         elif docs:
             model = self.resources.reader_model(ctx)
             result = answer_from_documents(state["question"], docs,
@@ -327,6 +343,13 @@ class OrchestratorNodes:
         else:
             result = AnswerResult("")
             how = "nothing to answer from"
+        shape = question_shape(state["question"])
+        if shape.kind != "open":
+            facts = [(a["question"], a["answer"]) for a in sub_answers]
+            fitted = fit_or_choose(shape, result.text, facts)
+            if fitted.answer != result.text:
+                how += f"; {fitted.reason}"
+                result = dataclasses.replace(result, text=fitted.answer)
         reason = how + ("; a budget ran out, answering with what was gathered"
                         if exhausted else "")
         return {

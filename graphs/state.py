@@ -50,7 +50,7 @@ class Draft(TypedDict):
     citations: list[Citation]
 
 
-class SubAnswer(TypedDict):
+class SubAnswer(TypedDict, total=False):
     """The answer of one sub-question, with the question as it ran (references resolved)."""
 
     index: int
@@ -58,6 +58,9 @@ class SubAnswer(TypedDict):
     answer: str
     route: str
     document_ids: list[str]
+    """The paragraphs retrieved for it, in rank order."""
+    cited_ids: list[str]
+    """The paragraphs its answer rests on (the final answer cites them too)."""
 
 
 class Turn(TypedDict):

@@ -100,9 +100,11 @@ def test_short_evidence_rewrites_and_retrieves_again(store: KnowledgeStore) -> N
     agent = make_agent(store, ["unknown"], ScriptedRouter("retrieve"), evidence_threshold=1.0,
                        max_retrievals=3, k=1)
     answer = agent.ask("Which zeppelin hangar hosted the Quetzalcoatl exhibition?")
-    assert nodes(answer).count("retrieve") == 3
+    # The rewrite finds the same paragraph again: nothing new, so the loop stops there.
+    assert nodes(answer).count("retrieve") == 2
     checks = [e for e in answer.trace if e["node"] == "check_evidence"]
     assert checks[0]["decision"] == "more" and "zeppelin" in checks[0]["detail"]["next_query"]
+    assert checks[1]["decision"] == "stalled"
     assert answer.exhausted
 
 
@@ -117,18 +119,21 @@ def test_chain_decomposition_resolves_references(store: KnowledgeStore) -> None:
     solved = [e for e in answer.trace if e["node"].startswith("solve")]
     assert solved[1]["detail"]["question"] == "Which river flows through London?"
     assert router.calls[1][1] == ("retrieve", "specialist")
-    assert {c["title"] for c in answer.citations} == {"River Thames"}
+    # Every hop's paragraph is cited: the chain rests on both.
+    assert {c["title"] for c in answer.citations} == {"Ada Lovelace", "River Thames"}
 
 
 def test_independent_sub_questions_fan_out_in_parallel(store: KnowledgeStore) -> None:
-    script = ["1. When was the University of Oslo founded?\n2. When was Uppsala University "
-              "founded?", "1811", "1477", "Uppsala University"]
-    answer = make_agent(store, script, ScriptedRouter("decompose")).ask(
+    # A comparison is split by rule (no model call); which branch reads which date depends on
+    # the parallel order, so only the fan-out and the rule's kind of answer are checked here
+    # (tests/test_composition.py checks the rule's choice with a model that reads the paragraph).
+    answer = make_agent(store, ["1811", "1477"], ScriptedRouter("decompose")).ask(
         "Which was founded first, the University of Oslo or Uppsala University?")
     solved = [e for e in answer.trace if e["node"].startswith("solve")]
     assert len(solved) == 2
     assert solved[0]["step"] == solved[1]["step"]  # sent in the same round
-    assert answer.text == "Uppsala University"
+    assert answer.text in {"Uppsala University", "the University of Oslo"}
+    assert answer.trace[-1]["reason"].startswith("by rule: earliest")
 
 
 def test_specialist_route_and_sub_question_to_specialist(store: KnowledgeStore) -> None:
@@ -142,11 +147,18 @@ def test_specialist_route_and_sub_question_to_specialist(store: KnowledgeStore) 
 
 
 def test_model_rambling_falls_back_to_deterministic_decomposition(store: KnowledgeStore) -> None:
-    script = ["I am not sure what you mean.", "1811", "1477", "Uppsala University"]
+    script = ["I am not sure what you mean.", "River Thames", "River Thames"]
+    answer = make_agent(store, script, ScriptedRouter("decompose")).ask(QUESTION)
+    plan = next(e for e in answer.trace if e["node"] == "decompose")
+    assert plan["detail"]["fallback"] is True
+    assert plan["detail"]["sub_questions"] == [QUESTION]  # kept whole
+    # A comparison never reaches the model: it is split by rule, one sub-question per side.
     answer = make_agent(store, script, ScriptedRouter("decompose")).ask(
         "Which was founded first, University of Oslo or Uppsala University?")
     plan = next(e for e in answer.trace if e["node"] == "decompose")
-    assert plan["detail"]["fallback"] is True and len(plan["detail"]["sub_questions"]) == 2
+    assert plan["detail"]["fallback"] is False and "by rule" in plan["reason"]
+    assert plan["detail"]["sub_questions"] == ["When was University of Oslo founded?",
+                                               "When was Uppsala University founded?"]
 
 
 @pytest.mark.parametrize("max_steps", [4, 5, 6, 7, 9, 13])
