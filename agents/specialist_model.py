@@ -44,9 +44,18 @@ _FORMATS = {"reader": READER_FORMAT, "knowledge": READER_FORMAT, "decomposer": D
 _UNSAFE = re.compile(r"[^A-Za-z0-9_]")
 
 
+def prompt_format_of(task: str) -> PromptFormat:
+    """The prompt format an adapter of `task` was trained on."""
+    return _FORMATS.get(task, PLAIN_QA_FORMAT)
+
+
 def is_adapter_model(model: Any, *tasks: str) -> bool:
-    """Whether `model` is a `SpecialistModel` whose default adapter has one of `tasks`."""
-    return isinstance(model, SpecialistModel) and model.adapter_task() in tasks
+    """Whether `model` serves an adapter of one of `tasks` by default: a `SpecialistModel` here,
+    or a `ServedAdapterModel` on an engine that hot-swaps adapters."""
+    from ragtune.agents.served_adapters import ServedAdapterModel
+
+    return isinstance(model, SpecialistModel | ServedAdapterModel) \
+        and model.adapter_task() in tasks
 
 
 class SpecialistModel(LocalChatModel):
@@ -113,7 +122,7 @@ class SpecialistModel(LocalChatModel):
         ref = self._requested(kwargs)
         if not ref:
             return self.prompt_format
-        return _FORMATS.get(self.registry.resolve(ref).task, PLAIN_QA_FORMAT)
+        return prompt_format_of(self.registry.resolve(ref).task)
 
 
 def describe_model(model: Any) -> str:

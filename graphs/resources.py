@@ -159,8 +159,17 @@ class Resources:
                                   context.specialist_adapter), make))
 
     def _adapted(self, spec: str, setting: str, tasks: tuple[str, ...]) -> BaseChatModel | None:
-        """A `SpecialistModel` serving the adapter `setting` names, or None when none applies."""
-        if setting == "none" or not spec.startswith("local:"):
+        """A `SpecialistModel` serving the adapter `setting` names, or None when none applies.
+
+        For an `openai:` model an adapter named explicitly is the one the OpenAI-compatible engine
+        at `$OPENAI_BASE_URL` serves under that name (vLLM `--enable-lora`); `auto` picks none
+        there, since a hosted model has no adapters of ours.
+        """
+        if setting == "none":
+            return None
+        if spec.startswith("openai:") and setting != "auto":
+            return self._served(spec, setting, tasks)
+        if not spec.startswith("local:"):
             return None
 
         def make() -> BaseChatModel | None:
@@ -186,6 +195,21 @@ class Resources:
             return load_specialist(spec, ref, registry=registry)
 
         model: BaseChatModel | None = self._cached(("adapted", spec, setting, tasks), make)
+        return model
+
+    def _served(self, spec: str, setting: str, tasks: tuple[str, ...]) -> BaseChatModel:
+        def make() -> BaseChatModel:
+            from ragtune.agents.adapters import AdapterRegistry
+            from ragtune.agents.served_adapters import served_adapter
+            from ragtune.errors import ConfigError
+
+            model = served_adapter(spec, setting, registry=self._registry or AdapterRegistry())
+            if model.task not in tasks:
+                raise ConfigError(f"Adapter {setting!r} is a {model.task} adapter; this step "
+                                  f"needs one of: {', '.join(tasks)}.")
+            return model
+
+        model: BaseChatModel = self._cached(("served", spec, setting, tasks), make)
         return model
 
     def _load_model(self, spec: str) -> BaseChatModel:

@@ -1,0 +1,210 @@
+"""Adapters served by an OpenAI-compatible engine that swaps LoRA adapters per request.
+
+The peer is real: llama-cpp-python's OpenAI-compatible server on loopback, serving a tiny random
+Gemma 3 (GGUF written at test time, `tests.tiny_gguf`) as the base model and, under a second name,
+with a LoRA adapter trained-shape by peft, registered in a real adapter registry and converted to
+GGUF by `ragtune.agents.lora_gguf`. vLLM's `--enable-lora` server speaks the same protocol (it is
+not installable on this CPU machine). Every answer is compared with the same adapter run in
+process on the same weights, so a prompt in the wrong format or the wrong adapter shows as other
+tokens.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from langchain_core.documents import Document
+from langchain_core.messages import HumanMessage, SystemMessage
+
+from ragtune.agents.adapters import AdapterRegistry
+from ragtune.agents.context import Context
+from ragtune.agents.llama_cpp_model import llama_cpp_available
+from ragtune.agents.local_model import GenerationSettings, render_prompt
+from ragtune.agents.served_adapters import ServedAdapterModel
+from ragtune.agents.specialist_model import READER_FORMAT, is_adapter_model
+from ragtune.errors import ConfigError
+from ragtune.graphs.resources import Resources
+from tests.tiny_gguf import TINY_GEMMA_ID, build_tiny_gemma
+
+BASE_SHA = "b" * 64
+QUESTION = "Which river flows through London?"
+GREEDY = {"repeat_penalty": 1.0}
+"""llama.cpp's server penalises repeats by default; the in-process engine does not."""
+CONTEXT = "[1] London: London is the capital of England; the Thames flows through it."
+
+pytestmark = pytest.mark.skipif(not llama_cpp_available(),
+                                reason="llama-cpp-python (the peer server) is not installed")
+
+
+def _server_importable() -> bool:
+    probe = subprocess.run([sys.executable, "-c", "import llama_cpp.server.app"],
+                           capture_output=True)
+    return probe.returncode == 0
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
+    """A registry with one `reader` adapter, and a llama.cpp server serving base and adapter."""
+    if not _server_importable():
+        pytest.skip("llama-cpp-python's server extra is not installed "
+                    "(pip install 'llama-cpp-python[server]')")
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    from ragtune.agents.lora_gguf import gguf_adapter
+
+    root = tmp_path_factory.mktemp("served")
+    model_dir, gguf = build_tiny_gemma(root / "model")
+    peft_model = get_peft_model(
+        AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32),
+        LoraConfig(r=4, lora_alpha=8, init_lora_weights=False,
+                   target_modules=["q_proj", "v_proj", "o_proj", "up_proj", "down_proj"]))
+    torch.manual_seed(1)
+    with torch.no_grad():  # a strong adapter, so serving it (or not) changes the answer
+        for name, param in peft_model.named_parameters():
+            if "lora_B" in name:
+                param.normal_(0.0, 0.5)
+    staging = root / "staging"
+    peft_model.save_pretrained(staging)
+    registry = AdapterRegistry(root / "adapters", shipped_root=None)
+    version = registry.add("reader", staging, {
+        "task": "reader", "base": {"model_id": TINY_GEMMA_ID, "sha256": BASE_SHA}})
+    adapter_gguf = gguf_adapter(version.path, architecture="gemma3", block_count=2,
+                                base_sha256=BASE_SHA, folder=root / "gguf")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    entry = {"model": str(gguf), "n_ctx": 512, "n_threads": 1, "verbose": False}
+    config = {"host": "127.0.0.1", "port": port, "models": [
+        {**entry, "model_alias": TINY_GEMMA_ID},
+        {**entry, "model_alias": "reader", "lora_path": str(adapter_gguf)}]}
+    (root / "server.json").write_text(json.dumps(config))
+    log = (root / "server.log").open("w")
+    server = subprocess.Popen([sys.executable, "-m", "llama_cpp.server", "--config_file",
+                               str(root / "server.json")], stdout=log, stderr=subprocess.STDOUT,
+                              cwd=root)
+    base_url = f"http://127.0.0.1:{port}/v1"
+    import httpx
+
+    deadline = time.monotonic() + 120
+    while True:
+        try:
+            if httpx.get(f"{base_url}/models", timeout=2).status_code == 200:
+                break
+        except httpx.HTTPError:
+            pass
+        if server.poll() is not None or time.monotonic() > deadline:
+            server.kill()
+            pytest.fail("the llama.cpp server did not start: "
+                        + (root / "server.log").read_text()[-2000:])
+        time.sleep(0.3)
+    try:
+        yield {"registry": registry, "version": version, "base_url": base_url, "gguf": gguf,
+               "adapter_gguf": adapter_gguf, "adapter_dir": version.path}
+    finally:
+        server.terminate()
+        try:
+            server.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            server.kill()
+        log.close()
+
+
+def _valid(text: str) -> str:
+    """`text` as the server sends it: a random model emits partial UTF-8 sequences, which the
+    server drops and the in-process engine shows as U+FFFD."""
+    return text.replace("\ufffd", "").strip()
+
+
+def _in_process(served: dict[str, Any], adapter: bool) -> Any:
+    """The same GGUF in this process (llama.cpp), with or without the adapter, one prompt."""
+    from ragtune.agents.llama_cpp_model import LlamaCppLM
+
+    runtime = LlamaCppLM.from_gguf(served["gguf"], model_id=TINY_GEMMA_ID,
+                                   fingerprint=BASE_SHA, n_ctx=512, n_threads=1)
+    messages = [SystemMessage(content=CONTEXT), HumanMessage(content=QUESTION)]
+    prompt = render_prompt(messages, READER_FORMAT)
+    settings = GenerationSettings(max_new_tokens=12, stop=READER_FORMAT.stop)
+    if not adapter:
+        return runtime.complete(prompt, settings)
+    runtime.load_adapter("reader", served["adapter_dir"])
+    return runtime.complete(prompt, settings, adapter="reader")
+
+
+def test_the_served_adapter_answers_as_it_does_in_process(
+        served: dict[str, Any], monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setenv("RAGTUNE_CACHE_DIR", str(tmp_path))
+    messages = [SystemMessage(content=CONTEXT), HumanMessage(content=QUESTION)]
+    model = ServedAdapterModel(base_url=served["base_url"], served_name="reader", task="reader",
+                               max_tokens=12, extra_body=GREEDY)
+    reply = model.invoke(messages)
+    local = _in_process(served, adapter=True)
+    assert reply.content == _valid(local.text) and reply.content
+    assert reply.response_metadata["mean_logprob"] == pytest.approx(local.mean_logprob, abs=1e-2)
+    assert reply.usage_metadata and reply.usage_metadata["output_tokens"] > 0
+    # The engine swapped the adapter per request: the base model's name gives the base's answer.
+    base = ServedAdapterModel(base_url=served["base_url"], served_name=TINY_GEMMA_ID,
+                              task="reader", max_tokens=12, extra_body=GREEDY).invoke(messages)
+    assert base.content == _valid(_in_process(served, adapter=False).text) != reply.content
+    assert asyncio.run(model.ainvoke(messages)).content == reply.content
+
+
+def test_the_run_configuration_reaches_the_served_adapter(
+        served: dict[str, Any], monkeypatch: pytest.MonkeyPatch) -> None:
+    from ragtune.agents.answerer import answer_from_documents
+
+    monkeypatch.setenv("OPENAI_BASE_URL", served["base_url"])
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-test-not-printed")
+    resources = Resources(registry=served["registry"])
+    context = Context(model=f"openai:{TINY_GEMMA_ID}", reader_adapter="reader",
+                      decomposer_adapter="none")
+    reader = resources.reader_model(context)
+    assert isinstance(reader, ServedAdapterModel) and is_adapter_model(reader, "reader")
+    assert "sk-test" not in repr(reader)
+    documents = [Document(CONTEXT.removeprefix("[1] London: "), metadata={"title": "London"})]
+    result = answer_from_documents(QUESTION, documents, reader, max_tokens=12)
+    direct = reader.invoke([SystemMessage(content=CONTEXT), HumanMessage(content=QUESTION)],
+                           max_tokens=12)
+    assert result.raw.strip() == direct.content
+    assert result.confidence is not None and 0.0 < result.confidence <= 1.0
+
+    # A reader adapter named for the decomposer step is refused, naming both.
+    with pytest.raises(ConfigError, match="reader adapter; this step needs"):
+        resources.decomposer_model(Context(model=f"openai:{TINY_GEMMA_ID}",
+                                           decomposer_adapter="reader"))
+    # `auto` on an OpenAI model picks no adapter (a hosted model has none of ours).
+    assert resources._adapted(f"openai:{TINY_GEMMA_ID}", "auto", ("reader",)) is None
+
+
+def test_misconfigurations_are_clear_errors(served: dict[str, Any],
+                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    from ragtune.agents.served_adapters import served_adapter
+
+    registry = served["registry"]
+    monkeypatch.delenv("OPENAI_BASE_URL", raising=False)
+    with pytest.raises(ConfigError, match="set OPENAI_BASE_URL"):
+        served_adapter(f"openai:{TINY_GEMMA_ID}", "reader", registry=registry)
+    monkeypatch.setenv("OPENAI_BASE_URL", served["base_url"])
+    with pytest.raises(ConfigError, match="trained on tests/tiny-gemma3"):
+        served_adapter("openai:google/gemma-3-270m", "reader", registry=registry)
+    unknown = ServedAdapterModel(base_url=served["base_url"], served_name="no-such-adapter",
+                                 task="reader")
+    with pytest.raises(ConfigError, match="does not serve 'no-such-adapter'.*it serves: "):
+        unknown.invoke("hello")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        closed = s.getsockname()[1]
+    down = ServedAdapterModel(base_url=f"http://127.0.0.1:{closed}/v1", served_name="reader",
+                              task="reader", max_retries=0)
+    with pytest.raises(ConfigError, match="Cannot reach the adapter server"):
+        down.invoke("hello")
