@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import socket
 import subprocess
 import sys
@@ -41,8 +42,8 @@ GREEDY = {"repeat_penalty": 1.0}
 """llama.cpp's server penalises repeats by default; the in-process engine does not."""
 CONTEXT = "[1] London: London is the capital of England; the Thames flows through it."
 
-pytestmark = pytest.mark.skipif(not llama_cpp_available(),
-                                reason="llama-cpp-python (the peer server) is not installed")
+needs_llama_cpp = pytest.mark.skipif(not llama_cpp_available(),
+                                     reason="llama-cpp-python (the peer server) is not installed")
 
 
 def _server_importable() -> bool:
@@ -141,6 +142,7 @@ def _in_process(served: dict[str, Any], adapter: bool) -> Any:
     return runtime.complete(prompt, settings, adapter="reader")
 
 
+@needs_llama_cpp
 def test_the_served_adapter_answers_as_it_does_in_process(
         served: dict[str, Any], monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     monkeypatch.setenv("RAGTUNE_CACHE_DIR", str(tmp_path))
@@ -159,6 +161,7 @@ def test_the_served_adapter_answers_as_it_does_in_process(
     assert asyncio.run(model.ainvoke(messages)).content == reply.content
 
 
+@needs_llama_cpp
 def test_the_run_configuration_reaches_the_served_adapter(
         served: dict[str, Any], monkeypatch: pytest.MonkeyPatch) -> None:
     from ragtune.agents.answerer import answer_from_documents
@@ -186,6 +189,7 @@ def test_the_run_configuration_reaches_the_served_adapter(
     assert resources._adapted(f"openai:{TINY_GEMMA_ID}", "auto", ("reader",)) is None
 
 
+@needs_llama_cpp
 def test_misconfigurations_are_clear_errors(served: dict[str, Any],
                                             monkeypatch: pytest.MonkeyPatch) -> None:
     from ragtune.agents.served_adapters import served_adapter
@@ -208,3 +212,25 @@ def test_misconfigurations_are_clear_errors(served: dict[str, Any],
                               task="reader", max_retries=0)
     with pytest.raises(ConfigError, match="Cannot reach the adapter server"):
         down.invoke("hello")
+
+
+def test_serve_args_name_every_promoted_adapter_of_the_base(tmp_path: Path) -> None:
+    """`ragtune adapters serve-args`: the vLLM command for the shipped reader and decomposer."""
+    from ragtune.agents.adapters import AdapterRegistry as Registry
+    from tests.conftest import ragtune_cmd
+
+    env = {**os.environ, "RAGTUNE_HOME": str(tmp_path)}
+    done = subprocess.run(ragtune_cmd("adapters", "serve-args", "--json"), env=env,
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    shown = json.loads(done.stdout)
+    shipped = Registry(tmp_path / "adapters")
+    assert shown["lora_modules"] == {name: str(shipped.promoted(name).path)
+                                     for name in ("decomposer", "reader")}
+    command = shown["command"]
+    assert command[:4] == ["vllm", "serve", "google/gemma-3-270m", "--enable-lora"]
+    assert f"reader={shipped.promoted('reader').path}" in command
+    refused = subprocess.run(ragtune_cmd("adapters", "serve-args", "--base", "other/model"),
+                             env=env, capture_output=True, text=True, timeout=120)
+    assert refused.returncode == 3 and "No promoted adapter is trained on other/model" in \
+        refused.stderr and "Traceback" not in refused.stderr

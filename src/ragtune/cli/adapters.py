@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from ragtune.errors import AdapterError
+from ragtune.errors import AdapterError, InputError
 
 
 def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -36,6 +36,15 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
     s.add_argument("ref", metavar="NAME@VERSION")
     s.add_argument("--force", action="store_true", help="also the promoted version")
     s.set_defaults(handler=_remove)
+    s = sub.add_parser(
+        "serve-args", help="the vLLM command that serves the promoted adapters per request",
+        description="Print a `vllm serve` command line with `--enable-lora` and one "
+        "`--lora-modules NAME=PATH` per promoted adapter of the base model (each verified "
+        "first); run ragtune with model openai:BASE, OPENAI_BASE_URL at that server and "
+        "reader_adapter=NAME (and decomposer_adapter, specialist_adapter).")
+    s.add_argument("--base", default="google/gemma-3-270m", help="base model id")
+    s.add_argument("--json", action="store_true", help="print JSON")
+    s.set_defaults(handler=_serve_args)
 
 
 def registry_of(args: argparse.Namespace) -> Any:
@@ -156,4 +165,32 @@ def _rollback(args: argparse.Namespace) -> int:
 def _remove(args: argparse.Namespace) -> int:
     version = registry_of(args).remove(args.ref, force=args.force)
     print(f"removed {version.ref}")
+    return 0
+
+
+def _serve_args(args: argparse.Namespace) -> int:
+    import shlex
+
+    registry = registry_of(args)
+    modules: dict[str, str] = {}
+    ranks: list[int] = []
+    for name in registry.names():
+        version = _promoted_or_none(registry, name)
+        if version is None or version.manifest.get("base", {}).get("model_id") != args.base:
+            continue
+        registry.verify(version)
+        modules[name] = str(version.path)
+        config = json.loads((version.path / "adapter_config.json").read_text(encoding="utf-8"))
+        ranks.append(int(config.get("r", 8)))
+    if not modules:
+        raise InputError(f"No promoted adapter is trained on {args.base}: see `ragtune adapters "
+                         "list`.")
+    command = ["vllm", "serve", args.base, "--enable-lora", "--max-lora-rank",
+               str(max(ranks)), "--max-loras", str(len(modules)), "--lora-modules",
+               *(f"{name}={path}" for name, path in modules.items())]
+    if args.json:
+        print(json.dumps({"base": args.base, "lora_modules": modules, "command": command},
+                         indent=2))
+        return 0
+    print(" ".join(shlex.quote(part) for part in command))
     return 0
