@@ -3,7 +3,9 @@
 No model call: the question's key terms (content words and capitalised names) are matched against
 the retrieved paragraphs. Coverage below the configured threshold sends the agent back to retrieval
 with a rewritten query built from the terms still missing plus the bridge entities found so far
-(titles of the paragraphs retrieved), in the spirit of iterative multi-hop retrievers.
+(titles of the paragraphs retrieved), in the spirit of iterative multi-hop retrievers. A rewrite
+that brings no source not already seen has nothing more to give (`rewrite_stalled`): the loop stops
+there instead of spinning to its step budget.
 """
 
 from __future__ import annotations
@@ -58,6 +60,36 @@ def check_evidence(question: str, documents: Sequence[Document], threshold: floa
     missing = [t for t in terms if _stem(t) not in found_words]
     coverage = 1.0 - len(missing) / len(terms)
     return EvidenceCheck(coverage, missing, bool(documents) and coverage >= threshold)
+
+
+def source_key(document: Document) -> str:
+    """Return what identifies a document's source: its ``source``, else title, else id, else text.
+
+    Chunks of one paragraph or file share a source, so a rewrite that only finds other chunks of
+    what was already read brings nothing new.
+    """
+    metadata = document.metadata or {}
+    for key in ("source", "title"):
+        value = metadata.get(key)
+        if value:
+            return f"{key}:{value}"
+    return f"id:{document.id}" if document.id is not None else f"text:{document.page_content}"
+
+
+def distinct_sources(documents: Sequence[Document]) -> int:
+    """Return how many distinct sources (`source_key`) `documents` come from."""
+    return len({source_key(d) for d in documents})
+
+
+def rewrite_stalled(sources_now: int, sources_before: int | None) -> bool:
+    """Return whether the last retrieval, a rewrite, brought no source not already seen.
+
+    Args:
+        sources_now: Distinct sources of every document gathered so far.
+        sources_before: The same at the previous evidence check; None when this is the first
+            check (the first retrieval is not a rewrite).
+    """
+    return sources_before is not None and sources_now <= sources_before
 
 
 def rewrite_query(question: str, missing: Sequence[str], documents: Sequence[Document],

@@ -158,21 +158,37 @@ class OrchestratorNodes:
 
     def check_evidence(self, state: AgentState,
                              runtime: Runtime[Context]) -> dict[str, Any]:
-        """Decide whether the evidence covers the question; if not, rewrite the query."""
-        from ragtune.agents.evidence import check_evidence, rewrite_query
+        """Decide whether the evidence covers the question; if not, rewrite the query.
+
+        The event's detail records the distinct sources gathered so far and whether the last
+        retrieval (a rewrite) added none (``stalled``), which ends the loop (`after_check`).
+        """
+        from ragtune.agents.evidence import (
+            check_evidence,
+            distinct_sources,
+            rewrite_query,
+            rewrite_stalled,
+        )
+        from ragtune.graphs.routing import last_check
 
         started = time.perf_counter()
         ctx = context_of(runtime)
         docs = state.get("documents", [])
         check = check_evidence(state["question"], docs, ctx.evidence_threshold)
+        sources = distinct_sources(docs)
+        stalled = rewrite_stalled(sources, last_check(state).get("sources_seen"))
         update: dict[str, Any] = {"evidence_ok": check.enough, "steps": 1}
         reason = f"coverage {check.coverage:.2f} (threshold {ctx.evidence_threshold})"
-        if not check.enough:
+        if not check.enough and stalled:
+            reason += "; the rewrite brought no new source, so answering with what was found"
+        elif not check.enough:
             update["query"] = rewrite_query(state["question"], check.missing, docs)
             reason += f"; missing {', '.join(check.missing) or 'paragraphs'}"
-        update["trace"] = [event(state, "check_evidence", "enough" if check.enough else "more",
-                                 started, reason=reason, scores={"coverage": check.coverage},
-                                 detail={"next_query": update.get("query")})]
+        decision = "enough" if check.enough else "stalled" if stalled else "more"
+        update["trace"] = [event(state, "check_evidence", decision, started, reason=reason,
+                                 scores={"coverage": check.coverage},
+                                 detail={"next_query": update.get("query"),
+                                         "sources_seen": sources, "stalled": stalled})]
         return update
 
     def read_first(self, state: AgentState, runtime: Runtime[Context]) -> dict[str, Any]:

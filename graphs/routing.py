@@ -7,13 +7,32 @@ sub-answers), so termination never depends on LangGraph's recursion limit.
 
 from __future__ import annotations
 
-from typing import Literal
+from collections.abc import Mapping
+from typing import Any, Literal
 
 from langgraph.types import Send
 
 from ragtune.agents.context import Context
 from ragtune.agents.decomposer import resolve_references
 from ragtune.graphs.state import AgentState, SolveState
+
+SINGLE_HOP_MAX_RETRIEVALS = 3
+"""Most retrievals on the single-hop route: the question's own and two rewrites.
+
+A rewrite helps when the first retrieval missed a term or a bridge entity, which the first
+rewrite already adds (missing terms plus the titles found); later rewrites rebuild much the same
+query. Without a cap one question spent all 16 steps here and still answered wrongly. With the
+default budgets the route ends by step 8 of 16; `Context.max_retrievals` and the step budget can
+only lower the cap.
+"""
+
+
+def last_check(state: Mapping[str, Any]) -> dict[str, Any]:
+    """Return the detail of the run's latest `check_evidence` event (empty before the first)."""
+    for item in reversed(state.get("trace") or []):
+        if item.get("node") == "check_evidence":
+            return dict(item.get("detail") or {})
+    return {}
 
 
 def steps_left(state: AgentState, context: Context) -> int:
@@ -52,13 +71,20 @@ def after_read_first(state: AgentState) -> Literal["answer", "decompose"]:
 
 
 def after_check(state: AgentState, context: Context) -> Literal["retrieve", "answer"]:
-    """Retrieve again (rewritten query) when evidence is short and budgets allow; else answer."""
+    """Retrieve again (rewritten query) when evidence is short and worth another try; else answer.
+
+    The loop stops when the evidence is enough, when the last rewrite brought no source not
+    already seen (``stalled`` in the check's detail: rewriting again would search for the same
+    things), after `SINGLE_HOP_MAX_RETRIEVALS` retrievals, or when the budgets run out.
+    """
     if state.get("evidence_ok") is None:
         raise ValueError("after_check: the evidence check did not run")
-    if state["evidence_ok"]:
+    if state["evidence_ok"] or last_check(state).get("stalled"):
         return "answer"
+    retrievals = state.get("retrievals", 0)
+    cap = min(context.max_retrievals, SINGLE_HOP_MAX_RETRIEVALS)
     # Another round costs two steps (retrieve, check_evidence) before the answer.
-    if state.get("retrievals", 0) >= context.max_retrievals or steps_left(state, context) < 2:
+    if retrievals >= cap or steps_left(state, context) < 2:
         return "answer"
     return "retrieve"
 
