@@ -21,13 +21,13 @@ from __future__ import annotations
 
 import math
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
 from typing import Any
 
 from langchain_core.callbacks import AsyncCallbackManagerForLLMRun, CallbackManagerForLLMRun
 from langchain_core.language_models import BaseChatModel
-from langchain_core.messages import AIMessage, BaseMessage
-from langchain_core.outputs import ChatGeneration, ChatResult
+from langchain_core.messages import AIMessage, AIMessageChunk, BaseMessage
+from langchain_core.outputs import ChatGeneration, ChatGenerationChunk, ChatResult
 from pydantic import Field, PrivateAttr, SecretStr
 
 from ragtune.agents.local_model import render_prompt
@@ -68,6 +68,14 @@ class ServedAdapterModel(BaseChatModel):
     @property
     def _identifying_params(self) -> Mapping[str, Any]:
         return {"base_url": self.base_url, "served_name": self.served_name, "task": self.task}
+
+    def _get_ls_params(self, stop: list[str] | None = None, **kwargs: Any) -> Any:
+        params = super()._get_ls_params(stop=stop, **kwargs)
+        params["ls_provider"] = "openai-compatible"
+        params["ls_model_name"] = kwargs.get("model", self.served_name)
+        params["ls_temperature"] = 0.0
+        params["ls_max_tokens"] = int(kwargs.get("max_tokens", self.max_tokens))
+        return params
 
     def adapter_task(self, ref: str | None = None) -> str | None:
         """The adapter's task (the same question `SpecialistModel.adapter_task` answers)."""
@@ -149,6 +157,64 @@ class ServedAdapterModel(BaseChatModel):
                               f"{type(exc).__name__}") from exc
         return self._result(reply)
 
+    def _stream(self, messages: list[BaseMessage], stop: list[str] | None = None,
+                run_manager: CallbackManagerForLLMRun | None = None,
+                **kwargs: Any) -> Iterator[ChatGenerationChunk]:
+        import httpx
+
+        url, body, headers = self._request(messages, stop, kwargs)
+        body.update(stream=True, stream_options={"include_usage": True})
+        state = _StreamState()
+        transport = httpx.HTTPTransport(retries=self.max_retries)
+        try:
+            with httpx.Client(transport=transport, timeout=self.timeout) as client:
+                if not self._listed:
+                    self._check_listed(client.get(url.replace("/completions", "/models"),
+                                                  headers=headers))
+                with client.stream("POST", url, json=body, headers=headers) as reply:
+                    if reply.status_code != 200:
+                        reply.read()
+                        self._result(reply)  # raises with the server's words
+                    for line in reply.iter_lines():
+                        chunk = state.chunk(line)
+                        if chunk is not None:
+                            if run_manager:
+                                run_manager.on_llm_new_token(chunk.text, chunk=chunk)
+                            yield chunk
+        except httpx.HTTPError as exc:
+            raise ConfigError(f"Cannot reach the adapter server at {self.base_url}: "
+                              f"{type(exc).__name__}") from exc
+        yield state.last(self.served_name)
+
+    async def _astream(self, messages: list[BaseMessage], stop: list[str] | None = None,
+                       run_manager: AsyncCallbackManagerForLLMRun | None = None,
+                       **kwargs: Any) -> AsyncIterator[ChatGenerationChunk]:
+        import httpx
+
+        url, body, headers = self._request(messages, stop, kwargs)
+        body.update(stream=True, stream_options={"include_usage": True})
+        state = _StreamState()
+        transport = httpx.AsyncHTTPTransport(retries=self.max_retries)
+        try:
+            async with httpx.AsyncClient(transport=transport, timeout=self.timeout) as client:
+                if not self._listed:
+                    self._check_listed(await client.get(url.replace("/completions", "/models"),
+                                                        headers=headers))
+                async with client.stream("POST", url, json=body, headers=headers) as reply:
+                    if reply.status_code != 200:
+                        await reply.aread()
+                        self._result(reply)
+                    async for line in reply.aiter_lines():
+                        chunk = state.chunk(line)
+                        if chunk is not None:
+                            if run_manager:
+                                await run_manager.on_llm_new_token(chunk.text, chunk=chunk)
+                            yield chunk
+        except httpx.HTTPError as exc:
+            raise ConfigError(f"Cannot reach the adapter server at {self.base_url}: "
+                              f"{type(exc).__name__}") from exc
+        yield state.last(self.served_name)
+
     async def _agenerate(self, messages: list[BaseMessage], stop: list[str] | None = None,
                          run_manager: AsyncCallbackManagerForLLMRun | None = None,
                          **kwargs: Any) -> ChatResult:
@@ -166,6 +232,53 @@ class ServedAdapterModel(BaseChatModel):
             raise ConfigError(f"Cannot reach the adapter server at {self.base_url}: "
                               f"{type(exc).__name__}") from exc
         return self._result(reply)
+
+
+class _StreamState:
+    """What a streamed completion has said so far: token log-probabilities and usage."""
+
+    def __init__(self) -> None:
+        self.logprobs: list[float] = []
+        self.usage: dict[str, Any] = {}
+        self.finish_reason: str | None = None
+
+    def chunk(self, line: str) -> ChatGenerationChunk | None:
+        """The text chunk of one server-sent event line, or None (no text, or not an event)."""
+        import json
+
+        if not line.startswith("data:"):
+            return None
+        payload = line[len("data:"):].strip()
+        if not payload or payload == "[DONE]":
+            return None
+        data = json.loads(payload)
+        self.usage = data.get("usage") or self.usage
+        choices = data.get("choices") or []
+        if not choices:
+            return None
+        choice = choices[0]
+        self.finish_reason = choice.get("finish_reason") or self.finish_reason
+        values = (choice.get("logprobs") or {}).get("token_logprobs") or []
+        self.logprobs += [v for v in values if isinstance(v, int | float) and math.isfinite(v)]
+        text = choice.get("text") or ""
+        return ChatGenerationChunk(message=AIMessageChunk(content=text)) if text else None
+
+    def last(self, served_name: str) -> ChatGenerationChunk:
+        """The closing chunk: usage, the finish reason, the mean log-probability, the model.
+
+        A server that reports no usage when streaming (llama.cpp's) gives the count of tokens
+        it streamed as output tokens and 0 input tokens.
+        """
+        metadata: dict[str, Any] = {"model_name": served_name,
+                                    "finish_reason": self.finish_reason}
+        if self.logprobs:
+            metadata["mean_logprob"] = sum(self.logprobs) / len(self.logprobs)
+        inputs = int(self.usage.get("prompt_tokens", 0))
+        outputs = int(self.usage.get("completion_tokens", len(self.logprobs)))
+        return ChatGenerationChunk(message=AIMessageChunk(
+            content="", response_metadata=metadata, chunk_position="last",
+            usage_metadata={"input_tokens": inputs, "output_tokens": outputs,
+                            "total_tokens": inputs + outputs}))
 
 
 def served_adapter(spec: str, served_name: str, *, registry: Any) -> ServedAdapterModel:

@@ -1,8 +1,9 @@
 """`ragtune finetune` unchanged under `accelerate launch`: two data-parallel processes on the CPU.
 
-Uses: the real `accelerate launch` (two processes, gloo backend), the real peft + Trainer path on the
-tiny random model of `tests.tiny_lm`, the toy HotpotQA training file and the real MiniLM embedder
-(the domain centroid). The same command on a machine with GPUs runs one process per GPU.
+Uses: the real `accelerate launch` (two processes, gloo backend), the real peft + Trainer path on
+the tiny random model of `tests.tiny_lm`, the toy HotpotQA training file and the real MiniLM
+embedder (the domain centroid). On a machine without GPUs `--multi_gpu` takes the same torchrun
+launcher it uses with GPUs, and the processes train on the CPU; with GPUs, one process per GPU.
 """
 
 from __future__ import annotations

@@ -16,8 +16,6 @@ import json
 import os
 import socket
 import subprocess
-import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -26,7 +24,6 @@ import pytest
 from langchain_core.documents import Document
 from langchain_core.messages import HumanMessage, SystemMessage
 
-from ragtune.agents.adapters import AdapterRegistry
 from ragtune.agents.context import Context
 from ragtune.agents.llama_cpp_model import llama_cpp_available
 from ragtune.agents.local_model import GenerationSettings, render_prompt
@@ -34,9 +31,9 @@ from ragtune.agents.served_adapters import ServedAdapterModel
 from ragtune.agents.specialist_model import READER_FORMAT, is_adapter_model
 from ragtune.errors import ConfigError
 from ragtune.graphs.resources import Resources
-from tests.tiny_gguf import TINY_GEMMA_ID, build_tiny_gemma
+from tests.served_peer import BASE_SHA, served_peer
+from tests.tiny_gguf import TINY_GEMMA_ID
 
-BASE_SHA = "b" * 64
 QUESTION = "Which river flows through London?"
 GREEDY = {"repeat_penalty": 1.0}
 """llama.cpp's server penalises repeats by default; the in-process engine does not."""
@@ -46,79 +43,11 @@ needs_llama_cpp = pytest.mark.skipif(not llama_cpp_available(),
                                      reason="llama-cpp-python (the peer server) is not installed")
 
 
-def _server_importable() -> bool:
-    probe = subprocess.run([sys.executable, "-c", "import llama_cpp.server.app"],
-                           capture_output=True)
-    return probe.returncode == 0
-
-
 @pytest.fixture(scope="module")
 def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
     """A registry with one `reader` adapter, and a llama.cpp server serving base and adapter."""
-    if not _server_importable():
-        pytest.skip("llama-cpp-python's server extra is not installed "
-                    "(pip install 'llama-cpp-python[server]')")
-    import torch
-    from peft import LoraConfig, get_peft_model
-    from transformers import AutoModelForCausalLM
-
-    from ragtune.agents.lora_gguf import gguf_adapter
-
-    root = tmp_path_factory.mktemp("served")
-    model_dir, gguf = build_tiny_gemma(root / "model")
-    peft_model = get_peft_model(
-        AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32),
-        LoraConfig(r=4, lora_alpha=8, init_lora_weights=False,
-                   target_modules=["q_proj", "v_proj", "o_proj", "up_proj", "down_proj"]))
-    torch.manual_seed(1)
-    with torch.no_grad():  # a strong adapter, so serving it (or not) changes the answer
-        for name, param in peft_model.named_parameters():
-            if "lora_B" in name:
-                param.normal_(0.0, 0.5)
-    staging = root / "staging"
-    peft_model.save_pretrained(staging)
-    registry = AdapterRegistry(root / "adapters", shipped_root=None)
-    version = registry.add("reader", staging, {
-        "task": "reader", "base": {"model_id": TINY_GEMMA_ID, "sha256": BASE_SHA}})
-    adapter_gguf = gguf_adapter(version.path, architecture="gemma3", block_count=2,
-                                base_sha256=BASE_SHA, folder=root / "gguf")
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    entry = {"model": str(gguf), "n_ctx": 512, "n_threads": 1, "verbose": False}
-    config = {"host": "127.0.0.1", "port": port, "models": [
-        {**entry, "model_alias": TINY_GEMMA_ID},
-        {**entry, "model_alias": "reader", "lora_path": str(adapter_gguf)}]}
-    (root / "server.json").write_text(json.dumps(config))
-    log = (root / "server.log").open("w")
-    server = subprocess.Popen([sys.executable, "-m", "llama_cpp.server", "--config_file",
-                               str(root / "server.json")], stdout=log, stderr=subprocess.STDOUT,
-                              cwd=root)
-    base_url = f"http://127.0.0.1:{port}/v1"
-    import httpx
-
-    deadline = time.monotonic() + 120
-    while True:
-        try:
-            if httpx.get(f"{base_url}/models", timeout=2).status_code == 200:
-                break
-        except httpx.HTTPError:
-            pass
-        if server.poll() is not None or time.monotonic() > deadline:
-            server.kill()
-            pytest.fail("the llama.cpp server did not start: "
-                        + (root / "server.log").read_text()[-2000:])
-        time.sleep(0.3)
-    try:
-        yield {"registry": registry, "version": version, "base_url": base_url, "gguf": gguf,
-               "adapter_gguf": adapter_gguf, "adapter_dir": version.path}
-    finally:
-        server.terminate()
-        try:
-            server.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            server.kill()
-        log.close()
+    with served_peer(tmp_path_factory.mktemp("served")) as peer:
+        yield peer
 
 
 def _valid(text: str) -> str:
