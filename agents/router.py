@@ -52,7 +52,8 @@ __all__ = [
 ]
 
 DEFAULT_ARTIFACT = Path(__file__).resolve().parent / "artifacts" / "router-classifier"
-"""The classifier artifact shipped with ragtune (all-MiniLM-L6-v2, retrieve/decompose)."""
+"""The classifier artifact shipped with ragtune (all-MiniLM-L6-v2, trained on outcome labels;
+its manifest says which actions it knows)."""
 
 DEFAULT_DATA_DIR = Path(os.environ.get("RAGTUNE_DATA_DIR") or "../shared/data")
 """Where the training command looks for the shared QA data unless told otherwise
@@ -108,14 +109,23 @@ def build_parser() -> argparse.ArgumentParser:
                        help="shared QA data folder (default: %(default)s)")
     train.add_argument("--out", type=Path, default=DEFAULT_ARTIFACT,
                        help="artifact directory to write (default: the shipped artifact)")
+    train.add_argument("--labels", type=Path, nargs="+", default=[], metavar="RUN_DIR",
+                       help="`ragtune bench qa --strategies no-retrieval rag multi-step` output "
+                            "folders on tune splits: train on outcome labels (the cheapest "
+                            "strategy that answered correctly) instead of multi-hop structure")
+    train.add_argument("--compare", type=Path, default=None, metavar="ARTIFACT",
+                       help="an earlier artifact to score on the same held-out questions")
     train.add_argument("--specialist", type=Path, action="append", default=[], metavar="FILE.jsonl",
                        help='specialist questions, {"question"} or {"prompt"} per line '
                             "(repeatable); adds the specialist class")
     train.add_argument("--seed", type=int, default=0, help="split and search seed (default: 0)")
     train.add_argument("--held-out", type=float, default=0.2,
                        help="fraction held out for the reported accuracy (default: 0.2)")
-    train.add_argument("--l2", type=float, default=None,
-                       help="regularisation strength (default: chosen on a validation split)")
+    train.add_argument("--c", type=float, default=None,
+                       help="inverse regularisation strength, scikit-learn's C (default: chosen "
+                            "by cross-validated accuracy)")
+    train.add_argument("--class-weight", choices=("none", "balanced"), default="none",
+                       help="weight classes to balance them (default: none)")
     train.add_argument("--no-lexical", dest="lexical", action="store_false",
                        help="use the embedding alone, without the lexical features")
     train.add_argument("--no-test-report", dest="test_report", action="store_false",
@@ -151,8 +161,10 @@ def _train_command(args: argparse.Namespace) -> int:
     from ragtune.agents.routing.training import TrainingArguments, train_classifier_artifact
 
     settings = TrainingArguments(
-        data_dir=args.data_dir, out=args.out, specialist=args.specialist, seed=args.seed,
-        held_out=args.held_out, l2=args.l2, lexical=args.lexical, test_report=args.test_report,
+        data_dir=args.data_dir, out=args.out, label_runs=args.labels, specialist=args.specialist,
+        seed=args.seed, held_out=args.held_out, c=args.c,
+        class_weight=None if args.class_weight == "none" else args.class_weight,
+        lexical=args.lexical, test_report=args.test_report, compare=args.compare,
     )
     train_classifier_artifact(settings, report=print)
     return 0

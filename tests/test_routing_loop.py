@@ -79,7 +79,7 @@ def test_after_check_stops_on_a_stalled_rewrite_or_the_cap(
 
 def test_after_check_needs_the_evidence_check() -> None:
     with pytest.raises(ValueError, match="evidence check"):
-        after_check({"trace": []}, Context())  # type: ignore[typeddict-item]
+        after_check({"trace": []}, Context())
 
 
 def test_a_rewrite_that_finds_nothing_new_ends_the_loop(fake_store: KnowledgeStore) -> None:

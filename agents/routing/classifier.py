@@ -1,10 +1,11 @@
-"""The classifier policy: sentence embedding (+ lexical features) into a small softmax model.
+"""The classifier policy: sentence embedding (+ lexical features) into a calibrated softmax model.
 
-Owns `ClassifierRouter`: training it from labelled questions, routing with probabilities masked
-to the allowed actions, and its on-disk artifact, a directory holding ``weights.npz`` (plain
-arrays, loaded with ``allow_pickle=False``) and ``manifest.json`` (format version, embedding model
-and dimension, labels, features, metrics, example counts, data sources, the weights' SHA-256). An
-artifact is only loaded with the embedding model it was trained on.
+Owns `ClassifierRouter`: training it from labelled questions (scikit-learn, see `softmax`),
+routing with probabilities masked to the allowed actions (numpy only), and its on-disk artifact, a
+directory holding ``weights.npz`` (plain arrays, loaded with ``allow_pickle=False``) and
+``manifest.json`` (format version, embedding model and dimension, labels, features, metrics,
+example counts, data sources, the weights' SHA-256). An artifact is only loaded with the embedding
+model it was trained on; version 1 artifacts (before calibration) load with temperature 1.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from ragtune.errors import ConfigError, InputError
 
 from .decision import ACTIONS, Action, RouteDecision, check_allowed, check_question
 from .features import LEXICAL_FEATURES, lexical_matrix
-from .softmax import SoftmaxModel, accuracy, balanced_weights, fit_softmax
+from .softmax import SoftmaxModel, accuracy, fit_logistic
 
 if TYPE_CHECKING:
     from langchain_core.embeddings import Embeddings
@@ -31,13 +32,16 @@ if TYPE_CHECKING:
 ARTIFACT_FORMAT = "ragtune-router-classifier"
 """The ``format`` field of a classifier manifest."""
 
-ARTIFACT_VERSION = 1
-"""The manifest version this code writes and reads."""
+ARTIFACT_VERSION = 2
+"""The manifest version this code writes (2: calibrated, with a temperature)."""
+
+READABLE_VERSIONS = (1, 2)
+"""The manifest versions this code reads."""
 
 MANIFEST_FILE = "manifest.json"
 WEIGHTS_FILE = "weights.npz"
-L2_GRID = (1e-3, 3e-3, 1e-2, 3e-2, 1e-1)
-"""Regularisation strengths tried when `ClassifierRouter.train` is not given one."""
+REQUIRED_FIELDS = ("format", "version", "embedding", "labels", "features", "weights")
+"""Manifest fields without which an artifact is refused."""
 
 
 def embed_questions(embeddings: Embeddings, questions: Sequence[str]) -> np.ndarray:
@@ -71,7 +75,8 @@ class ClassifierRouter:
         policy: Always ``"classifier"``.
         labels: The actions the classifier knows, in column order (``specialist`` only when it
             was trained with specialist examples).
-        lexical: Whether the lexical features follow the embedding in the feature vector.
+        lexical_names: The lexical features following the embedding in the feature vector, in
+            order (empty: the embedding alone).
         manifest: Everything recorded about the artifact besides its weights (metrics, counts,
             data sources); a training run may add fields before `save`.
     """
@@ -84,15 +89,25 @@ class ClassifierRouter:
         model: SoftmaxModel,
         labels: Sequence[Action],
         *,
-        lexical: bool,
+        lexical: bool | Sequence[str],
         manifest: dict[str, Any] | None = None,
     ) -> None:
-        """Wrap fitted weights; use `train` or `load` rather than calling this directly."""
+        """Wrap fitted weights; use `train` or `load` rather than calling this directly.
+
+        `lexical` is True (every feature of `LEXICAL_FEATURES`), False (none) or the names.
+        """
         self.embeddings = embeddings
         self.model = model
         self.labels: tuple[Action, ...] = tuple(labels)
-        self.lexical = lexical
+        if isinstance(lexical, bool):
+            lexical = LEXICAL_FEATURES if lexical else ()
+        self.lexical_names: tuple[str, ...] = tuple(lexical)
         self.manifest: dict[str, Any] = dict(manifest or {})
+
+    @property
+    def lexical(self) -> bool:
+        """Whether any lexical feature follows the embedding."""
+        return bool(self.lexical_names)
 
     @classmethod
     def train(
@@ -101,20 +116,23 @@ class ClassifierRouter:
         embeddings: Embeddings,
         *,
         seed: int = 0,
-        l2: float | None = None,
+        c: float | None = None,
         lexical: bool = True,
         vectors: np.ndarray | None = None,
+        class_weight: str | None = None,
     ) -> ClassifierRouter:
-        """Train a classifier on (question, action) pairs, classes weighted to balance.
+        """Train a calibrated classifier on (question, action) pairs (see `fit_logistic`).
 
         Args:
             examples: Labelled questions; at least two distinct actions.
             embeddings: The embedding model (recorded in the manifest).
-            seed: Seed of the inner validation split used to choose `l2`.
-            l2: Regularisation strength; None chooses one from `L2_GRID` on a seeded 20% inner
-                validation split of `examples`.
+            seed: Seed of the cross-validation folds that choose `c` and fit the temperature.
+            c: Inverse regularisation strength; None chooses one from `C_GRID` by
+                cross-validated accuracy.
             lexical: Whether to append the lexical features to the embedding.
             vectors: Precomputed `embed_questions` output for the examples' questions.
+            class_weight: None (every example counts once: the classes' natural frequencies,
+                which is what accuracy against the oracle rewards) or ``"balanced"``.
 
         Raises:
             InputError: If there are fewer than two actions or an unknown action.
@@ -133,13 +151,17 @@ class ClassifierRouter:
             questions,
             lexical=lexical,
         )
-        chosen = l2 if l2 is not None else choose_l2(x, y, len(labels), seed=seed)
-        weights = balanced_weights(y, len(labels))
-        model = fit_softmax(x, y, len(labels), l2=chosen, sample_weight=weights)
+        model, fit = fit_logistic(x, y, len(labels), c=c, class_weight=class_weight, seed=seed)
         counts = {a: int((y == i).sum()) for i, a in enumerate(labels)}
         manifest = {
-            "l2": chosen,
-            "seed": seed,
+            "fit": {
+                "library": "scikit-learn LogisticRegression (lbfgs, multinomial), standardised "
+                           "features, temperature scaling on out-of-fold logits",
+                "c": fit.c, "class_weight": class_weight, "seed": seed, "folds": fit.folds,
+                "cv_accuracy_by_c": fit.cv_accuracy, "temperature": fit.temperature,
+                "out_of_fold_calibration_error": {"before_temperature": fit.ece_before,
+                                                  "after_temperature": fit.ece_after},
+            },
             "examples_per_label": counts,
             "train_accuracy": round(accuracy(model.probabilities(x), y), 4),
         }
@@ -149,7 +171,7 @@ class ClassifierRouter:
         """Return the classifier's feature matrix for `questions` (embedding them unless given)."""
         if vectors is None:
             vectors = embed_questions(self.embeddings, questions)
-        return build_features(vectors, questions, lexical=self.lexical)
+        return build_features(vectors, questions, lexical=self.lexical_names)
 
     def predict_proba(
         self, questions: Sequence[str], vectors: np.ndarray | None = None
@@ -202,6 +224,7 @@ class ClassifierRouter:
             bias=self.model.bias.astype(np.float32),
             mean=self.model.mean.astype(np.float32),
             scale=self.model.scale.astype(np.float32),
+            temperature=np.asarray([self.model.temperature], dtype=np.float32),
         )
         name, dim = describe(self.embeddings)
         manifest = {
@@ -212,7 +235,7 @@ class ClassifierRouter:
             "labels": list(self.labels),
             "features": {
                 "embedding_dim": dim,
-                "lexical": list(LEXICAL_FEATURES) if self.lexical else [],
+                "lexical": list(self.lexical_names),
             },
             **{k: v for k, v in self.manifest.items() if k not in _CORE_FIELDS},
             "weights": {"file": WEIGHTS_FILE, "sha256": _sha256(weights_path)},
@@ -238,17 +261,20 @@ class ClassifierRouter:
                 "retrain it with `python -m ragtune.agents.router train`"
             )
         labels = manifest.get("labels")
-        lexical_names = (manifest.get("features") or {}).get("lexical")
+        features = manifest.get("features")
+        lexical_names = features.get("lexical") if isinstance(features, dict) else None
         if (
             not isinstance(labels, list) or len(labels) < 2 or not set(labels) <= set(ACTIONS)
-            or lexical_names not in ([], list(LEXICAL_FEATURES))
+            or len(set(labels)) != len(labels) or not isinstance(lexical_names, list)
+            or not set(lexical_names) <= set(LEXICAL_FEATURES)
+            or len(set(lexical_names)) != len(lexical_names)
         ):
             raise ConfigError(f"router artifact {path}: manifest has unusable labels or features")
         model = _read_weights(
             path, manifest, n_features=dim + len(lexical_names), n_labels=len(labels)
         )
         core = {k: manifest[k] for k in manifest if k not in _CORE_FIELDS}
-        return cls(embeddings, model, labels, lexical=bool(lexical_names), manifest=core)
+        return cls(embeddings, model, labels, lexical=lexical_names, manifest=core)
 
 
 _CORE_FIELDS = frozenset(
@@ -256,27 +282,12 @@ _CORE_FIELDS = frozenset(
 )
 
 
-def build_features(vectors: np.ndarray, questions: Sequence[str], *, lexical: bool) -> np.ndarray:
-    """Return embedding vectors, with the lexical features appended when `lexical`."""
+def build_features(vectors: np.ndarray, questions: Sequence[str], *,
+                   lexical: bool | Sequence[str]) -> np.ndarray:
+    """Return embedding vectors, with the `lexical` features appended (True: all of them)."""
     vectors = np.asarray(vectors, dtype=np.float32)
-    return np.hstack([vectors, lexical_matrix(questions)]) if lexical else vectors
-
-
-def choose_l2(x: np.ndarray, y: np.ndarray, n_classes: int, *, seed: int) -> float:
-    """Return the `L2_GRID` value with the best balanced accuracy on a seeded 20% inner split."""
-    rng = np.random.default_rng(seed)
-    held = rng.random(len(y)) < 0.2
-    if len(set(y[held].tolist())) < n_classes or len(set(y[~held].tolist())) < n_classes:
-        return L2_GRID[len(L2_GRID) // 2]
-    best, best_score = L2_GRID[0], -1.0
-    for l2 in L2_GRID:
-        model = fit_softmax(x[~held], y[~held], n_classes, l2=l2,
-                            sample_weight=balanced_weights(y[~held], n_classes))
-        predicted = model.probabilities(x[held]).argmax(axis=1)
-        score = float(np.mean([(predicted[y[held] == c] == c).mean() for c in range(n_classes)]))
-        if score > best_score + 1e-9:
-            best, best_score = l2, score
-    return best
+    names = (LEXICAL_FEATURES if lexical else ()) if isinstance(lexical, bool) else lexical
+    return np.hstack([vectors, lexical_matrix(questions, names)]) if names else vectors
 
 
 _ARRAYS = ("weights", "bias", "mean", "scale")
@@ -298,11 +309,14 @@ def _read_manifest(path: Path) -> dict[str, Any]:
         raise ConfigError(
             f"router artifact {path}: {MANIFEST_FILE} is not a {ARTIFACT_FORMAT} manifest"
         )
-    if manifest.get("version") != ARTIFACT_VERSION:
+    if manifest.get("version") not in READABLE_VERSIONS:
         raise ConfigError(
             f"router artifact {path}: manifest version {manifest.get('version')!r}, this ragtune "
-            f"reads version {ARTIFACT_VERSION}; retrain it"
+            f"reads versions {', '.join(map(str, READABLE_VERSIONS))}; retrain it"
         )
+    missing = [k for k in REQUIRED_FIELDS if k not in manifest]
+    if missing:
+        raise ConfigError(f"router artifact {path}: {MANIFEST_FILE} lacks {', '.join(missing)}")
     return manifest
 
 
@@ -311,7 +325,10 @@ def _read_weights(
 ) -> SoftmaxModel:
     """Return the weights of an artifact after checking their hash, shapes and values."""
     weights_path = path / WEIGHTS_FILE
-    expected = (manifest.get("weights") or {}).get("sha256")
+    recorded = manifest.get("weights")
+    expected = recorded.get("sha256") if isinstance(recorded, dict) else None
+    if not isinstance(expected, str):
+        raise ConfigError(f"router artifact {path}: {MANIFEST_FILE} records no weights sha256")
     try:
         actual = _sha256(weights_path)
     except OSError as exc:
@@ -320,16 +337,24 @@ def _read_weights(
         raise ConfigError(
             f"router artifact {path}: {WEIGHTS_FILE} does not match its manifest (corrupt?)"
         )
+    # Version 1 predates calibration: its probabilities are the fitted ones (temperature 1).
+    names = _ARRAYS + (("temperature",) if manifest["version"] >= 2 else ())
     try:
         with np.load(weights_path, allow_pickle=False) as npz:
-            arrays = {k: np.asarray(npz[k], dtype=np.float64) for k in _ARRAYS}
+            arrays = {k: np.asarray(npz[k], dtype=np.float64) for k in names}
     except (OSError, ValueError, KeyError) as exc:
         raise ConfigError(f"router artifact {path}: corrupt {WEIGHTS_FILE}: {exc}") from None
     shapes = {"weights": (n_features, n_labels), "bias": (n_labels,), "mean": (n_features,),
-              "scale": (n_features,)}
-    for key, shape in shapes.items():
+              "scale": (n_features,), "temperature": (1,)}
+    for key in names:
+        shape = shapes[key]
         if arrays[key].shape != shape or not np.isfinite(arrays[key]).all():
             raise ConfigError(
                 f"router artifact {path}: {WEIGHTS_FILE}[{key}] is not a finite {shape} array"
             )
-    return SoftmaxModel(**arrays)
+    if (arrays["scale"] <= 0).any():
+        raise ConfigError(f"router artifact {path}: {WEIGHTS_FILE}[scale] has non-positive values")
+    temperature = float(arrays.pop("temperature", np.ones(1))[0])
+    if temperature <= 0:
+        raise ConfigError(f"router artifact {path}: {WEIGHTS_FILE}[temperature] must be positive")
+    return SoftmaxModel(**arrays, temperature=temperature)

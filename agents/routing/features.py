@@ -1,7 +1,8 @@
 """Cheap lexical features of a question, appended to its sentence embedding by the classifier.
 
 Owns the feature names (recorded in the classifier's manifest, so an artifact names the features it
-was trained on) and their computation: pure functions of the text, each scaled to about [0, 1].
+was trained on, and an artifact made before a feature was added still loads) and their computation:
+pure functions of the text, each scaled to about [0, 1].
 """
 
 from __future__ import annotations
@@ -18,8 +19,9 @@ LEXICAL_FEATURES: tuple[str, ...] = (
     "commas",
     "relative_clause",
     "capitalised_spans",
+    "yes_no",
 )
-"""The lexical features, in column order."""
+"""Every lexical feature this code computes, in column order (new artifacts use all of them)."""
 
 _WH = re.compile(r"\b(?:who|whom|whose|what|when|where|which|why|how)\b", re.IGNORECASE)
 _COMPARISON = re.compile(
@@ -29,6 +31,8 @@ _COMPARISON = re.compile(
     re.IGNORECASE,
 )
 _RELATIVE = re.compile(r"(?<!^)\b\w+\s+(?:that|who|whom|which|whose|where)\s+\w+", re.IGNORECASE)
+_YES_NO = re.compile(
+    r"^(?:is|are|was|were|did|does|do|can|could|has|have|had|will|would|should)\b", re.IGNORECASE)
 _CAPITALISED = re.compile(
     r"(?<!^)(?<![.?!]\s)\b[A-Z][\w'-]*(?:\s+(?:of|the|de|and)?\s*[A-Z][\w'-]*)*"
 )
@@ -42,7 +46,8 @@ def lexical_features(question: str) -> list[float]:
 
     Returns:
         Word count / 30, wh-words / 3, comparison pattern (0/1), commas / 3, relative clause
-        (0/1) and capitalised spans / 4, each capped at 1.5.
+        (0/1), capitalised spans / 4 and whether it opens with an auxiliary verb (a yes/no
+        question: 0/1), each capped at 1.5.
     """
     words = len(question.split())
     values = (
@@ -52,12 +57,24 @@ def lexical_features(question: str) -> list[float]:
         question.count(",") / 3,
         float(bool(_RELATIVE.search(question.strip()))),
         len(_CAPITALISED.findall(question.strip())) / 4,
+        float(bool(_YES_NO.match(question.strip()))),
     )
     return [min(v, 1.5) for v in values]
 
 
-def lexical_matrix(questions: Sequence[str]) -> np.ndarray:
-    """Return the lexical features of several questions as a float32 (n, features) array."""
-    return np.asarray([lexical_features(q) for q in questions], dtype=np.float32).reshape(
+def lexical_matrix(
+    questions: Sequence[str], names: Sequence[str] = LEXICAL_FEATURES
+) -> np.ndarray:
+    """Return the `names` lexical features of several questions as a float32 (n, features) array.
+
+    Raises:
+        ValueError: If a name is not one of `LEXICAL_FEATURES`.
+    """
+    unknown = [n for n in names if n not in LEXICAL_FEATURES]
+    if unknown:
+        raise ValueError(f"unknown lexical features {unknown}")
+    columns = [LEXICAL_FEATURES.index(n) for n in names]
+    full = np.asarray([lexical_features(q) for q in questions], dtype=np.float32).reshape(
         len(questions), len(LEXICAL_FEATURES)
     )
+    return np.asarray(full[:, columns])

@@ -1,11 +1,18 @@
 """The classifier's training run: data, split, fit, evaluation, latency and the saved artifact.
 
 Owns `TrainingArguments` and `train_classifier_artifact`, the linear run behind
-``python -m ragtune.agents.router train``: load the labelled questions of `data.TRAIN_FILES` (and
-optional specialist JSONL files), hold out a seeded, grouped 20%, embed everything once, fit, score
-the classifier and the rules on the held-out part and (report only, never fitted on) on the
-questions of `data.TEST_FILES` not seen in training, measure decision latency, and save the
-artifact with all of that in its manifest.
+``python -m ragtune.agents.router train``: load the labelled questions, hold out a seeded, grouped
+20%, embed everything once, fit, score the classifier (and the rules, and optionally an earlier
+artifact) on the held-out part, measure decision latency, and save the artifact with all of that
+in its manifest.
+
+Two kinds of labels:
+
+- outcome labels (``--labels RUN_DIR ...``, the shipped artifact): each tune question labelled by
+  the cheapest strategy that answered it correctly (`outcomes`); the held-out score is accuracy
+  against the oracle, the bench's router metric;
+- structure labels (no ``--labels``): multi-hop questions of `data.TRAIN_FILES` -> decompose,
+  their single-hop steps -> retrieve, also scored (report only) on `data.TEST_FILES`.
 """
 
 from __future__ import annotations
@@ -21,7 +28,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from . import data
+from . import data, outcomes
 from .classifier import ClassifierRouter, embed_questions
 from .decision import ACTIONS, Router
 from .rules import RulesRouter
@@ -40,23 +47,30 @@ class TrainingArguments:
     Attributes:
         data_dir: The shared QA data folder (holding hotpotqa/, musique/, train/).
         out: The artifact directory to write.
+        label_runs: ``ragtune bench qa`` output folders on tune splits: outcome labels. None:
+            structure labels from the data folder.
         specialist: JSONL files of specialist questions; none: no specialist class.
-        seed: Seed of the held-out split and of the regularisation search.
+        seed: Seed of the held-out split and of the cross-validation.
         held_out: Fraction of question groups held out for the reported accuracy.
-        l2: Regularisation strength; None: chosen on an inner validation split.
+        c: Inverse regularisation strength; None: chosen by cross-validation.
+        class_weight: None or ``"balanced"`` (see `ClassifierRouter.train`).
         lexical: Append the lexical features to the embedding.
-        test_report: Also score on the test files (reported, never fitted on).
+        test_report: Also score on the test files (structure labels only; never fitted on).
+        compare: An earlier artifact to score on the same held-out questions.
         latency_samples: Questions timed for the latency figures.
     """
 
     data_dir: Path
     out: Path
+    label_runs: list[Path] = field(default_factory=list)
     specialist: list[Path] = field(default_factory=list)
     seed: int = 0
     held_out: float = 0.2
-    l2: float | None = None
+    c: float | None = None
+    class_weight: str | None = None
     lexical: bool = True
     test_report: bool = True
+    compare: Path | None = None
     latency_samples: int = 100
 
 
@@ -78,11 +92,42 @@ def score_predictions(labels: Sequence[str], predicted: Sequence[str]) -> dict[s
     }
 
 
-def score_router(router: Router, items: Sequence[data.LabelledQuestion]) -> dict[str, Any]:
-    """Return `score_predictions` for any router, routing the questions one by one."""
-    allowed = tuple(a for a in ACTIONS if any(i.label == a for i in items)) or ACTIONS
-    predicted = [router.route(i.text, allowed=allowed).action for i in items]
+def score_router(router: Router, items: Sequence[data.LabelledQuestion],
+                 allowed: Sequence[str] | None = None) -> dict[str, Any]:
+    """Return `score_predictions` for any router, routing the questions one by one.
+
+    `allowed` defaults to the actions the items are labelled with.
+    """
+    if allowed is None:
+        allowed = tuple(a for a in ACTIONS if any(i.label == a for i in items)) or ACTIONS
+    predicted = [router.route(i.text, allowed=tuple(allowed)).action  # type: ignore[arg-type]
+                 for i in items]
     return score_predictions([i.label for i in items], predicted)
+
+
+def oracle_scores(items: Sequence[data.LabelledQuestion], predicted: Sequence[str]
+                  ) -> dict[str, Any]:
+    """Return `score_predictions` in oracle letters (A/B/C), overall and per source."""
+    letters = [outcomes.ACTION_LABELS.get(i.label, "?") for i in items]
+    guessed = [outcomes.ACTION_LABELS.get(p, "?") for p in predicted]
+    scores = score_predictions(letters, guessed)
+    scores["by_source"] = {
+        source: score_predictions([t for t, i in zip(letters, items, strict=True)
+                                   if i.source == source],
+                                  [g for g, i in zip(guessed, items, strict=True)
+                                   if i.source == source])["accuracy"]
+        for source in sorted({i.source for i in items})
+    }
+    return scores
+
+
+def classifier_predictions(router: ClassifierRouter, items: Sequence[data.LabelledQuestion],
+                           vectors: np.ndarray) -> list[str]:
+    """Return the classifier's most probable action per item, in one batch."""
+    if not items:
+        return []
+    probs = router.predict_proba([i.text for i in items], vectors)
+    return [router.labels[k] for k in probs.argmax(axis=1)]
 
 
 def score_classifier(
@@ -143,7 +188,11 @@ def train_classifier_artifact(
         from ragtune.tools.embeddings import load_embeddings
 
         embeddings = load_embeddings()
-    items = data.load_questions(args.data_dir, data.TRAIN_FILES)
+    runs: list[outcomes.LabelRun] = []
+    if args.label_runs:
+        runs, items = outcomes.read_label_runs(args.label_runs)
+    else:
+        items = data.load_questions(args.data_dir, data.TRAIN_FILES)
     for path in args.specialist:
         items += data.read_specialist_questions(path)
     train, held = data.split_held_out(items, args.held_out, args.seed)
@@ -159,18 +208,20 @@ def train_classifier_artifact(
 
     started = time.perf_counter()
     router = ClassifierRouter.train(
-        [(i.text, i.label) for i in train], embeddings,
-        seed=args.seed, l2=args.l2, lexical=args.lexical, vectors=train_vectors,
+        [(i.text, i.label) for i in train], embeddings, seed=args.seed, c=args.c,
+        lexical=args.lexical, vectors=train_vectors, class_weight=args.class_weight,
     )
     fit_seconds = time.perf_counter() - started
     held_scores = score_classifier(router, held, held_vectors)
     ablation = ClassifierRouter.train(
-        [(i.text, i.label) for i in train], embeddings,
-        seed=args.seed, l2=router.manifest["l2"], lexical=not args.lexical, vectors=train_vectors,
+        [(i.text, i.label) for i in train], embeddings, seed=args.seed,
+        c=router.manifest["fit"]["c"], lexical=not args.lexical, vectors=train_vectors,
+        class_weight=args.class_weight,
     )
     rules = RulesRouter()
     rules_held = score_router(rules, held)
-    report(f"fitted in {fit_seconds:.1f} s (l2={router.manifest['l2']}); held-out accuracy "
+    report(f"fitted in {fit_seconds:.1f} s (C={router.manifest['fit']['c']}, temperature "
+           f"{router.manifest['fit']['temperature']}); held-out accuracy "
            f"{held_scores['accuracy']} (lexical={args.lexical}), "
            f"{score_classifier(ablation, held, held_vectors)['accuracy']} (lexical="
            f"{not args.lexical}); rules {rules_held['accuracy']}")
@@ -182,7 +233,27 @@ def train_classifier_artifact(
                      f"classifier_lexical_{str(not args.lexical).lower()}":
                          score_classifier(ablation, held, held_vectors)},
         "fit_seconds": round(fit_seconds, 2),
-        "data_sources": {
+    }
+    if runs:
+        manifest["labels_from"] = "outcomes"
+        manifest["data_sources"] = {
+            "label_runs": [run.describe() for run in runs],
+            "specialist_files": [p.name for p in args.specialist],
+            "questions_per_source": data.count_sources(items),
+            "labelling": "Adaptive-RAG's oracle (ragtune.evaluation.report.oracle_rows): the "
+                         "cheapest of no-retrieval (A -> specialist), rag (B -> retrieve) and "
+                         "multi-step (C -> decompose) whose answer scored F1 >= "
+                         f"{runs[0].correct_f1}; none correct -> C. The threshold is the bench "
+                         "oracle's own, so the router learns the labels it is scored against. "
+                         "Tune splits only; no test question, no 2WikiMultiHopQA",
+            "train_examples_per_label": data.count_labels(train),
+            "held_out_examples_per_label": data.count_labels(held),
+        }
+        manifest["held_out"]["oracle_accuracy"] = _oracle_comparison(
+            router, rules, held, held_vectors, args.compare, embeddings, report)
+    else:
+        manifest["labels_from"] = "structure"
+        manifest["data_sources"] = {
             "train_files": list(data.TRAIN_FILES) + [str(p) for p in args.specialist],
             "questions_per_source": data.count_sources(items),
             "labelling": "multi-hop questions -> decompose; natural single-hop MuSiQue "
@@ -190,9 +261,8 @@ def train_classifier_artifact(
                          "Break steps are QDMR operations, not questions, so unused",
             "train_examples_per_label": data.count_labels(train),
             "held_out_examples_per_label": data.count_labels(held),
-        },
-    }
-    if args.test_report:
+        }
+    if args.test_report and not runs:
         seen = {data.normalise(i.text) for i in items}
         test = [t for t in data.load_questions(args.data_dir, data.TEST_FILES)
                 if data.normalise(t.text) not in seen]
@@ -216,3 +286,39 @@ def train_classifier_artifact(
     router.save(args.out)
     report(f"saved {args.out}")
     return router
+
+
+def _oracle_comparison(
+    router: ClassifierRouter, rules: RulesRouter, held: Sequence[data.LabelledQuestion],
+    held_vectors: np.ndarray, compare: Path | None, embeddings: Embeddings,
+    report: Callable[[str], None],
+) -> dict[str, Any]:
+    """Held-out accuracy against the oracle of the new classifier and its baselines."""
+    from collections import Counter
+
+    majority = Counter(i.label for i in held).most_common(1)[0][0] if held else "decompose"
+    compared: dict[str, Any] = {
+        "classifier": oracle_scores(held, classifier_predictions(router, held, held_vectors)),
+        "rules": oracle_scores(held, [rules.route(i.text).action for i in held]),
+        f"always_{majority}": oracle_scores(held, [majority] * len(held)),
+    }
+    if compare is not None:
+        earlier = ClassifierRouter.load(compare, embeddings)
+        compared["compared_artifact"] = {
+            "labels_from": earlier.manifest.get("labels_from", "structure"),
+            "created_at": json_created_at(compare),
+            **oracle_scores(held, classifier_predictions(earlier, held, held_vectors)),
+        }
+    report("held-out accuracy against the oracle: " + ", ".join(
+        f"{name} {scores['accuracy']}" for name, scores in compared.items()))
+    return compared
+
+
+def json_created_at(path: Path) -> str | None:
+    """Return the ``created_at`` of an artifact's manifest (None when unreadable)."""
+    import json
+
+    try:
+        return str(json.loads((path / "manifest.json").read_text(encoding="utf-8"))["created_at"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
