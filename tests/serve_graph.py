@@ -1,11 +1,11 @@
 """A graph for `ragtune serve --graphs` in tests: the real orchestrator over a scripted model.
 
 `tests/test_serve.py` serves it through the real server. Everything but the model is real: the
-orchestrator graph (`build_graph`), its retrieval from the run context's collection in the server's
-database, the rules router, the checkpointer aegra attaches. The chat model is scripted (it always
-answers `ANSWER`), optionally after `SERVE_TEST_DELAY_S` seconds so a test can catch a run in flight;
-the embeddings are langchain-core's deterministic fakes (`EMBEDDING_SIZE` dimensions), so a run
-takes milliseconds and needs no model download.
+orchestrator graph (`build_graph`), its retrieval from the run context's collection in the
+server's database, the rules router, the checkpointer aegra attaches. The chat model is scripted
+(it always answers `ANSWER`), optionally after `SERVE_TEST_DELAY_S` seconds so a test can catch a
+run in flight; the embeddings are langchain-core's deterministic fakes (`EMBEDDING_SIZE`
+dimensions), so a run takes milliseconds and needs no model download.
 """
 
 from __future__ import annotations

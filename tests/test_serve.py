@@ -30,7 +30,7 @@ pytest.importorskip("aegra_api")
 pytest.importorskip("langgraph_sdk")
 API_KEY = "test-key-0123456789abcdef"
 GRAPH = "scripted"
-DELAY_S = 2.0
+DELAY_S = 1.5
 START_TIMEOUT_S = 120
 PARAGRAPHS = [
     ("ada", "Ada Lovelace", "Ada Lovelace was an English mathematician born in London."),
@@ -135,6 +135,9 @@ def servers(tmp_path_factory: pytest.TempPathFactory, ragtune_home: Path,
         yield started
     finally:
         for server in started.values():
+            if server.process.poll() is None:
+                server.process.send_signal(signal.SIGTERM)
+        for server in started.values():
             server.stop()
 
 
@@ -148,23 +151,63 @@ def _question(collection: str, question: str) -> dict[str, Any]:
     return {"input": {"question": question}, "context": {"collection": collection}}
 
 
+def test_non_loopback_without_key_exits_2_with_one_line(cli_env: dict[str, str],
+                                                       tmp_path: Path) -> None:
+    environment = {k: v for k, v in cli_env.items() if k != "RAGTUNE_API_KEY"}
+    done = subprocess.run(ragtune_cmd("serve", "--host", "0.0.0.0"), cwd=tmp_path,
+                          env=environment, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2
+    assert done.stderr == ("error: Refusing to serve on 0.0.0.0 without authentication: set "
+                           "RAGTUNE_API_KEY (at least 16 random characters) or bind a loopback "
+                           "address (--host 127.0.0.1)\n")
+
+
 @pytest.mark.parametrize(("env", "args", "needle"), [
-    ({}, ["serve", "--host", "0.0.0.0"], "without authentication: set RAGTUNE_API_KEY"),
     ({"RAGTUNE_API_KEY": "short"}, ["serve"], "RAGTUNE_API_KEY is too short"),
+    ({}, ["serve", "--host", "::"], "Refusing to serve on :: without authentication"),
     ({}, ["serve", "--graphs", "missing.json"], "no such file"),
     ({}, ["serve", "--port", "70000"], "--port must be between 0 and 65535"),
+    ({}, ["serve", "--drain-timeout", "0"], "--drain-timeout must be positive"),
+    ({}, ["serve", "--allow-origin", "evil.example"], "--allow-origin takes an origin"),
     ({}, ["--database-url", "mysql://u:secret@x/db", "serve"], "Not a PostgreSQL URL"),
 ])
-def test_bad_configuration_exits_2_with_one_line(cli_env: dict[str, str], tmp_path: Path,
-                                                 env: dict[str, str], args: list[str],
-                                                 needle: str) -> None:
-    environment = {k: v for k, v in cli_env.items() if k != "RAGTUNE_API_KEY"} | env
-    done = subprocess.run(ragtune_cmd(*args), cwd=tmp_path, env=environment,
-                          capture_output=True, text=True, timeout=60)
-    assert done.returncode == 2, done.stderr
-    assert needle in done.stderr
-    assert done.stderr.startswith("error: ") and done.stderr.count("\n") == 1
-    assert "secret" not in done.stderr and "short" not in done.stderr.replace("too short", "")
+def test_bad_configuration_is_one_error_line_and_exit_2(
+        monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], tmp_path: Path,
+        env: dict[str, str], args: list[str], needle: str) -> None:
+    from ragtune.cli import main
+
+    monkeypatch.delenv("RAGTUNE_API_KEY", raising=False)
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    monkeypatch.chdir(tmp_path)
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and err.count("\n") == 1 and needle in err
+    assert "secret" not in err and "short" not in err.replace("too short", "")
+
+
+def test_bad_graphs_file_is_a_config_error(tmp_path: Path) -> None:
+    from ragtune.errors import ConfigError
+    from ragtune.serving.config import ServeConfig, load_graphs_file
+    from ragtune.serving.graphs import check_graphs
+
+    bad = tmp_path / "graphs.json"
+    for content, needle in [("{", "not readable JSON"), ('{"graphs": {}}', "non-empty"),
+                            ('{"graphs": {"g": "no_colon"}}', "expected 'module.path:attr'"),
+                            ('{"graphs": {"g": "./nope.py:graph"}}', "no such file")]:
+        bad.write_text(content)
+        with pytest.raises(ConfigError, match=needle):
+            load_graphs_file(bad)
+    (tmp_path / "broken.py").write_text("raise RuntimeError('boom')\n")
+    (tmp_path / "other.py").write_text("graph = 42\n")
+    for spec, needle in [("./broken.py:graph", "failed to load: RuntimeError: boom"),
+                         ("./other.py:missing", "has no attribute 'missing'"),
+                         ("./other.py:graph", "is a int, not a LangGraph graph"),
+                         ("no.such.module:graph", "ModuleNotFoundError")]:
+        bad.write_text(json.dumps({"graphs": {f"g{abs(hash(spec))}": spec}}))
+        graphs, deps = load_graphs_file(bad)
+        with pytest.raises(ConfigError, match=needle):
+            check_graphs(ServeConfig(graphs=graphs, dependencies=deps))
 
 
 def test_api_key_is_required_and_studio_bypass_does_not_bypass(

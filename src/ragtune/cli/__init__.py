@@ -28,7 +28,7 @@ EXIT_TERMINATED = 143
 
 def build_parser() -> argparse.ArgumentParser:
     """Return the `ragtune` argument parser with every subcommand registered."""
-    from ragtune.cli import adapters, ask, bench, demo, finetune, store_commands
+    from ragtune.cli import adapters, ask, bench, demo, finetune, serve, store_commands
 
     parser = argparse.ArgumentParser(
         prog="ragtune",
@@ -50,6 +50,7 @@ def build_parser() -> argparse.ArgumentParser:
     finetune.register(commands)
     adapters.register(commands)
     bench.register(commands)
+    serve.register(commands)
     return parser
 
 

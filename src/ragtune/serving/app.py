@@ -150,7 +150,7 @@ class Replica:
         app = self.build_app()
         replica = self
 
-        class DrainingServer(uvicorn.Server):  # type: ignore[misc,name-defined]
+        class DrainingServer(uvicorn.Server):  # type: ignore[name-defined]
             def handle_exit(self, sig: int, frame: Any) -> None:
                 if replica.state.draining:
                     self.force_exit = True

@@ -47,7 +47,7 @@ def is_loopback(host: str) -> bool:
         infos = socket.getaddrinfo(host, None)
     except OSError:
         return False
-    addresses = {info[4][0] for info in infos}
+    addresses = {str(info[4][0]) for info in infos}
     return bool(addresses) and all(ipaddress.ip_address(a.split("%")[0]).is_loopback
                                    for a in addresses)
 
@@ -175,7 +175,7 @@ class ServeConfig:
 
     @property
     def auth_required(self) -> bool:
-        """Whether clients must present the API key: always off loopback, and whenever one is set."""
+        """Whether clients must present the key: always off loopback, and whenever one is set."""
         return self.api_key is not None or not is_loopback(self.host)
 
     def validate(self) -> None:

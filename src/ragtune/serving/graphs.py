@@ -1,10 +1,11 @@
 """The served graphs: loaded once per process, checked before the server starts, handed to aegra.
 
-aegra imports each graph from a `.py` file it executes itself. ragtune gives it a two-line shim per
-graph instead, which asks `load_graph` for the object: a module graph (`ragtune.graphs.orchestrator`)
-is then the very module the rest of ragtune imports, and a file graph is executed once, for the
-startup check and for aegra alike. The shims and aegra's configuration file are written to a
-private runtime folder (never the repository or the working directory) that is removed on exit.
+aegra imports each graph from a `.py` file it executes itself. ragtune gives it a two-line shim
+per graph instead, which asks `load_graph` for the object: a module graph
+(`ragtune.graphs.orchestrator`) is then the very module the rest of ragtune imports, and a file
+graph is executed once, for the startup check and for aegra alike. The shims and aegra's
+configuration file are written to a private runtime folder (never the repository or the working
+directory) that is removed on exit.
 """
 
 from __future__ import annotations

@@ -60,7 +60,7 @@ class StartupLock:
             # CREATE INDEX CONCURRENTLY (the checkpointer's setup), which waits for every running
             # statement, a blocked pg_advisory_lock included: that would never end.
             while not conn.execute("SELECT pg_try_advisory_lock(%s)",
-                                   (_STARTUP_LOCK_KEY,)).fetchone()[0]:  # type: ignore[index]
+                                   (_STARTUP_LOCK_KEY,)).fetchone()[0]:
                 if time.monotonic() > deadline:
                     raise DatabaseError(f"Another replica has been starting for over "
                                         f"{LOCK_TIMEOUT_S:.0f} s; is one stuck?")
@@ -87,9 +87,8 @@ def _alembic_config(output: io.StringIO | None = None) -> Any:
     Without an ini file Alembic's environment leaves the process's logging alone (with one, it
     would reconfigure every logger from the file).
     """
-    from alembic.config import Config
-
     import aegra_api
+    from alembic.config import Config
 
     config = Config(output_buffer=output)
     config.set_main_option("script_location",
