@@ -6,8 +6,9 @@ model reads); plumbing (the store, the models, k) is bound here and hidden from 
 returns text for the model plus an artifact (the documents, the sub-question list, the raw answer),
 and turns ragtune's own errors into a message at this boundary instead of raising.
 
-The orchestrator's nodes call the same core functions: `KnowledgeStore.retrieve`,
-`ragtune.agents.decomposer.decompose_question`, `ragtune.agents.specialist.ask_specialist`.
+The orchestrator's nodes call the same core functions: `ragtune.tools.distinct.retrieve_sources`
+(k distinct sources, not k chunks), `ragtune.agents.decomposer.decompose_question` and
+`ragtune.agents.specialist.ask_specialist`.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from ragtune.agents.answerer import format_context
 from ragtune.agents.decomposer import decompose_question as decompose_core
 from ragtune.agents.specialist import ask_specialist as specialist_core
 from ragtune.errors import RagtuneError
+from ragtune.tools.distinct import retrieve_sources
 from ragtune.tools.store import KnowledgeStore, SearchMode
 
 
@@ -40,7 +42,7 @@ def make_retrieve_tool(store: KnowledgeStore, *, k: int = 5,
             query: What to look up, in natural language or as key terms.
         """
         try:
-            docs = [hit.to_document() for hit in store.retrieve(query, k, mode=mode)]
+            docs = [hit.to_document() for hit in retrieve_sources(store, query, k, mode=mode)]
         except RagtuneError as exc:
             return f"Search failed: {exc}", []
         if not docs:
