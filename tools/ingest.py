@@ -110,7 +110,27 @@ def ingest_documents(
     """
     split = make_splitter(chunk_size, chunk_overlap)
     summary = IngestSummary(collection=store.collection)
-    started = time.perf_counter()
+    write_chunks(store, (to_source_chunks(doc, split) for doc in documents), summary,
+                 batch_chunks=batch_chunks, on_batch=on_batch, on_refused=on_refused)
+    return summary
+
+
+def write_chunks(
+    store: KnowledgeStore,
+    items: Iterable[SourceChunks],
+    summary: IngestSummary,
+    *,
+    batch_chunks: int = DEFAULT_BATCH_CHUNKS,
+    on_batch: Callable[[IngestSummary], None] | None = None,
+    on_refused: Callable[[str], None] | None = None,
+) -> None:
+    """Upsert chunked sources into `store` in batches, counting them into `summary`.
+
+    The write half of `ingest_documents`, shared with the Ray engine (which embeds ahead of it):
+    one transaction per batch, a source never split across batches, `summary.seconds` carried on
+    from what it already holds. See `ingest_documents` for the arguments.
+    """
+    started = time.perf_counter() - summary.seconds
     batch: list[SourceChunks] = []
     pending = 0
 
@@ -124,8 +144,7 @@ def ingest_documents(
             if on_batch:
                 on_batch(summary)
 
-    for doc in documents:
-        item = to_source_chunks(doc, split)
+    for item in items:
         summary.documents += 1
         summary.chunks += len(item.texts)
         batch.append(item)
@@ -134,7 +153,6 @@ def ingest_documents(
             flush()
     flush()
     summary.seconds = time.perf_counter() - started
-    return summary
 
 
 def _upsert_isolating(store: KnowledgeStore, batch: list[SourceChunks],

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from ragtune.cli.questions import read_questions
-from ragtune.errors import InputError
+from ragtune.errors import ConfigError, InputError
 from ragtune.tools.loaders.files import describe_os_error
 from ragtune.tools.store import DEFAULT_COLLECTION, SEARCH_MODES
 from ragtune.tools.validation import MAX_K, k_problem, text_problem
@@ -40,6 +40,15 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
                    help="embedding model (default: all-MiniLM-L6-v2, bundled)")
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--engine", choices=("local", "ray"), default="local",
+                   help="where embedding runs: this process (default) or a Ray cluster "
+                        "(pip install 'ragtune[ray]'); the writes are the same either way")
+    p.add_argument("--address", default=None, metavar="ADDR",
+                   help="--engine ray: an existing Ray cluster (host:port, auto); default: "
+                        "start a local one")
+    p.add_argument("--workers", type=int, default=None, metavar="N",
+                   help="--engine ray: embedding workers, one CPU each (default: every CPU of "
+                        "the cluster)")
     p.set_defaults(handler=run_ingest)
 
     p = commands.add_parser("search", help="search a collection",
@@ -94,6 +103,14 @@ def run_ingest(args: argparse.Namespace) -> int:
     from ragtune.tools.ingest import ingest_paths, make_splitter
 
     make_splitter(args.chunk_size, args.chunk_overlap)  # bad settings fail before any work
+    if args.engine == "ray":
+        from ragtune.tools.ray_cluster import import_ray
+
+        import_ray()  # a missing Ray fails before the database opens
+        if args.workers is not None and args.workers < 1:
+            raise ConfigError(f"--workers must be at least 1, not {args.workers}")
+    elif args.address or args.workers is not None:
+        raise ConfigError("--address and --workers apply to --engine ray only")
     for path in args.paths:
         try:
             Path(path).stat()
@@ -114,10 +131,17 @@ def run_ingest(args: argparse.Namespace) -> int:
 
     try:
         with open_store(args) as store:
-            summary = ingest_paths(store, args.paths, fmt=args.format, skip_bad=args.skip_bad,
-                                   chunk_size=args.chunk_size, chunk_overlap=args.chunk_overlap,
-                                   max_file_bytes=int(args.max_file_mb * 1024 * 1024),
-                                   on_batch=progress)
+            options: dict[str, Any] = dict(
+                fmt=args.format, skip_bad=args.skip_bad, chunk_size=args.chunk_size,
+                chunk_overlap=args.chunk_overlap,
+                max_file_bytes=int(args.max_file_mb * 1024 * 1024), on_batch=progress)
+            if args.engine == "ray":
+                from ragtune.tools.ray_ingest import ingest_paths_ray
+
+                summary = ingest_paths_ray(store, args.paths, address=args.address,
+                                           workers=args.workers, **options)
+            else:
+                summary = ingest_paths(store, args.paths, **options)
     finally:
         if bar is not None:
             bar.close()
