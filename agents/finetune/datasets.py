@@ -4,9 +4,13 @@ Every task turns its input files into `Example`s: a prompt (no loss) and a compl
 computed on it only). The prompts are the adapter formats of `ragtune.agents.prompts`, so what an
 adapter learns is exactly what serving will ask it.
 
-- `reader`: question + paragraphs -> short answer. HotpotQA files (gold paragraphs plus one
-  distractor), MuSiQue files (supporting paragraphs plus one distractor), or JSONL lines
-  `{"question", "answer", "paragraphs": [{"title", "text"}]}`.
+- `reader`: question + paragraphs -> short answer, trained the way it is used (RAFT): the context
+  imitates a top-k retrieval, the gold paragraphs mixed with 0 to `RAFT_MAX_DISTRACTORS` of the
+  record's distractors (HotpotQA's 8, MuSiQue's non-supporting paragraphs), shuffled, within
+  `RAFT_CONTEXT_CHARS`; in a `RAFT_NO_GOLD_SHARE` of the examples distractors replace the gold
+  paragraphs and the answer stays (so the reader learns to read what supports an answer, not to
+  copy whatever is offered). Answers are short and normalised (`short_answer`). JSONL lines
+  `{"question", "answer", "paragraphs": [{"title", "text"}]}` are taken as given.
 - `decomposer`: question -> numbered sub-questions with `#n` references. MuSiQue decomposition files
   (`X >> relation` steps become "What is the relation of X?"), Break QDMR files (aggregation steps
   dropped), or JSONL lines `{"question", "sub_questions": [...]}`.
@@ -39,6 +43,13 @@ TASKS: tuple[Task, ...] = ("reader", "decomposer", "knowledge", "custom")
 MAX_PARAGRAPH_CHARS = 700
 _RELATION = re.compile(r"^\s*(?P<subject>.+?)\s*>>\s*(?P<relation>.+?)\s*$")
 _SENTENCE = re.compile(r"(?<=[.!?])\s+")
+RAFT_MAX_DISTRACTORS = 3
+"""At most this many distractors join the gold paragraphs (the agent reads k=5 paragraphs)."""
+RAFT_NO_GOLD_SHARE = 0.2
+"""Share of reader examples whose context holds no gold paragraph (RAFT's 1 - P)."""
+RAFT_CONTEXT_CHARS = 2600
+"""Distractors are added while the rendered context stays under this many characters (about 600
+gemma tokens), so examples fit `--max-length 768` instead of being dropped."""
 _AGGREGATE_OPS = {"comparison", "arithmetic", "aggregate", "superlative", "union",
                   "intersection", "discard", "sort", "group"}
 
@@ -198,6 +209,44 @@ def _musique_paragraphs(record: dict[str, Any]) -> tuple[list[Paragraph], list[P
     return gold, other
 
 
+def short_answer(answer: str) -> str:
+    """Return `answer` as the reader should say it: one line, yes/no lower-cased.
+
+    HotpotQA already answers comparisons with the entity and yes/no questions with "yes"/"no";
+    this keeps them that way whatever the casing or spacing of a user's file. A final full stop is
+    kept: in these answers it belongs to an abbreviation ("Washington, D.C.").
+    """
+    text = " ".join(answer.split())
+    return text.lower() if text.lower() in ("yes", "no") else text
+
+
+def raft_context(gold: Sequence[Paragraph], distractors: Sequence[Paragraph],
+                 rng: random.Random, *, no_gold: bool = False,
+                 max_distractors: int = RAFT_MAX_DISTRACTORS,
+                 max_chars: int = RAFT_CONTEXT_CHARS) -> list[Paragraph]:
+    """Return a retrieval-like, shuffled context: `gold` (unless `no_gold`) plus some distractors.
+
+    Without gold, as many distractors stand in for the gold paragraphs as there were gold ones, so
+    the context's size does not tell the two cases apart. Extra distractors (0 to
+    `max_distractors`, drawn uniformly) are added only while the rendered context stays within
+    `max_chars`; gold paragraphs are always kept.
+    """
+    pool = list(distractors)
+    rng.shuffle(pool)
+    if no_gold:
+        context, pool = pool[:len(gold)], pool[len(gold):]
+    else:
+        context = list(gold)
+    size = sum(len(format_paragraphs([p])) + 1 for p in context)
+    for para in pool[:rng.randint(0, max_distractors)]:
+        size += len(format_paragraphs([para])) + 1
+        if size > max_chars:
+            break
+        context.append(para)
+    rng.shuffle(context)
+    return context
+
+
 def _reader_examples(records: Iterable[tuple[int, dict[str, Any]]], path: Path,
                      rng: random.Random) -> Iterator[Example]:
     for line, record in records:
@@ -214,13 +263,15 @@ def _reader_examples(records: Iterable[tuple[int, dict[str, Any]]], path: Path,
             answer = _field(record, "answer", path, line)
             items = _field(record, "paragraphs", path, line, list)
             try:
-                gold = [Paragraph(str(p.get("title", "")), str(p["text"])) for p in items]
+                paragraphs = [Paragraph(str(p.get("title", "")), str(p["text"])) for p in items]
             except (KeyError, AttributeError) as exc:
                 raise InputError(f"{path}:{line}: each paragraph needs a 'text'.") from exc
-            other = []
-        paragraphs = gold + ([rng.choice(other)] if other else [])
-        rng.shuffle(paragraphs)
-        yield Example(reader_prompt(question, paragraphs), f" {answer.strip()}")
+            yield Example(reader_prompt(question, paragraphs), f" {short_answer(answer)}")
+            continue
+        # A record without enough distractors to stand in for its gold keeps its gold.
+        no_gold = rng.random() < RAFT_NO_GOLD_SHARE and len(other) >= len(gold)
+        context = raft_context(gold, other, rng, no_gold=no_gold)
+        yield Example(reader_prompt(question, context), f" {short_answer(answer)}")
 
 
 def _decomposer_examples(records: Iterable[tuple[int, dict[str, Any]]], path: Path,
