@@ -165,7 +165,9 @@ def test_every_strategy_runs_on_two_questions_and_reports(scripted: Any, tmp_pat
                                               ("no-retrieval", "rag", "multi-step"))
     assert report["router_accuracy"]["questions"] == 2
     assert report["adaptive_vs_multi_step"]["time_ratio"] > 0
-    assert set(report["adaptive_compared"]) == {"multi-step", "rag", "specialist", "no-retrieval"}
+    assert set(report["adaptive_compared"]) == {"multi-step", "rag", "rag-base", "specialist",
+                                                "no-retrieval"}
+    assert rows["rag-base"]["model_calls"] == 1.0 and rows["rag-base"]["recall@10"] is not None
     for name in ("results", "markdown", "predictions", "f1_vs_time", "routes", "latency_cdf"):
         assert Path(report["outputs"][name]).is_file()
     assert Path(report["outputs"]["f1_vs_time"]).read_bytes()[:4] == b"\x89PNG"

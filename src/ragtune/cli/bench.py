@@ -1,4 +1,9 @@
-"""`ragtune bench qa`: the RAG vs fine-tuned vs hybrid table, measured on HotpotQA or MuSiQue."""
+"""`ragtune bench qa`: the RAG vs fine-tuned vs hybrid table, on a data split or your questions.
+
+`--dataset D --split S` runs on a shared data split (its paragraph pool ingested once);
+`--questions FILE.jsonl --collection NAME` runs the same strategies on a user's own question file
+over a collection ingested before (`ragtune.evaluation.question_file` has the line format).
+"""
 
 from __future__ import annotations
 
@@ -20,14 +25,21 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
     p = commands.add_parser("bench", help="benchmarks on real multi-hop data")
     sub = p.add_subparsers(dest="bench_command", metavar="BENCHMARK", required=True)
     q = sub.add_parser("qa", help="every strategy on the same questions",
-                       description="Ingest the split's paragraph pool (once), run each strategy "
-                       "on the same questions (resumable), write results.json, results.md, "
+                       description="Ingest the split's paragraph pool (once), or read an ingested "
+                       "collection for your own --questions, run each strategy on the same "
+                       "questions (resumable), write results.json, results.md, "
                        "predictions.jsonl and PNG plots.")
-    q.add_argument("--dataset", required=True, choices=DATASETS)
-    q.add_argument("--split", required=True, choices=SPLITS)
+    q.add_argument("--dataset", default=None, choices=DATASETS,
+                   help="a shared data set (with --split)")
+    q.add_argument("--split", default=None, choices=SPLITS)
+    q.add_argument("--questions", default=None, metavar="FILE.jsonl",
+                   help='your own questions instead of a split, one {"id", "question", "answer", '
+                        '"answer_aliases"?, "gold_titles"?, "kind"?} per line; needs '
+                        "--collection, an ingested one")
     q.add_argument("--limit", type=int, default=None, help="the first N questions (default all)")
-    q.add_argument("--strategies", nargs="+", default=list(STRATEGIES), metavar="STRATEGY",
-                   help=f"any of: {', '.join(STRATEGIES)} (default all)")
+    q.add_argument("--strategies", nargs="+", default=None, metavar="STRATEGY",
+                   help=f"any of: {', '.join(STRATEGIES)} (default all; with --questions and no "
+                        "--specialist-adapter, all but specialist)")
     q.add_argument("--model", default="local:gemma-3-270m", metavar="PROVIDER:MODEL")
     q.add_argument("--policy", default="classifier", choices=("classifier", "llm", "rules"),
                    help="routing policy of the adaptive strategy")
@@ -46,9 +58,12 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
     q.add_argument("--out", required=True, metavar="DIR", help="output folder (also the cache)")
     q.add_argument("--data-dir", default=None, help="shared data folder "
                    "(default $RAGTUNE_DATA_DIR, else ../shared/data)")
-    q.add_argument("--collection", default=None, help="store collection for the pool")
+    q.add_argument("--collection", default=None,
+                   help="store collection for the pool (with --questions: the ingested "
+                        "collection to search)")
     q.add_argument("--specialist-adapter", default=None, metavar="NAME[@N]",
-                   help="knowledge adapter (in DIR/adapters) instead of training one")
+                   help="knowledge adapter (in DIR/adapters; with --questions also your own "
+                        "registry) instead of training one")
     q.add_argument("--specialist-epochs", type=float, default=2.0)
     q.add_argument("--specialist-max-steps", type=int, default=-1)
     q.add_argument("--cpu-hour-usd", type=float, default=0.05,
@@ -86,6 +101,7 @@ def run_bench_qa(args: argparse.Namespace) -> int:
         raise ConfigError("--address applies to --engine ray only")
     config = QABenchConfig(
         dataset=args.dataset, split=args.split, out_dir=Path(args.out), limit=args.limit,
+        questions_file=Path(args.questions) if args.questions else None,
         strategies=args.strategies, model=args.model, routing_policy=args.policy, k=args.k,
         read_first_confidence=args.read_first_confidence, workers=args.workers,
         engine=args.engine, ray_address=args.address,

@@ -2,6 +2,8 @@
 
 `run_qa_bench(config)` checks everything that can fail before any work (dataset, strategies, data
 folder, limit, model credentials), ingests the split's paragraph pool once into its own collection
+(or, for a user's question file, `--questions FILE --collection NAME`, reads an already ingested
+collection and ingests nothing)
 (re-runs reuse it; the first ingest's time is kept as the retrieval side's knowledge-update cost),
 trains the `specialist` strategy's `knowledge` adapter on the paragraphs of the selected questions
 when it is not trained yet (its training time is the fine-tuning side's knowledge-update cost), runs
@@ -20,7 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ragtune.errors import InputError
+from ragtune.errors import ConfigError, InputError
 from ragtune.evaluation.datasets import QAItem, load_split, split_path
 from ragtune.evaluation.runner import check_run_settings, run_strategy
 from ragtune.evaluation.strategies import (
@@ -37,11 +39,16 @@ ORACLE_NEEDS = ("no-retrieval", "rag", "multi-step")
 class QABenchConfig:
     """Settings of one `ragtune bench qa` run."""
 
-    dataset: str
-    split: str
     out_dir: Path
+    dataset: str | None = None
+    split: str | None = None
+    questions_file: Path | None = None
+    """A user's question file (`ragtune.evaluation.question_file`) instead of a dataset split;
+    it needs `collection`, an already ingested one."""
     limit: int | None = None
-    strategies: Sequence[str] = STRATEGIES
+    strategies: Sequence[str] | None = None
+    """The strategies to run (None: all; with a question file and no `specialist_adapter`, all
+    but `specialist`, which has no paragraph pool to train on)."""
     model: str = "local:gemma-3-270m"
     routing_policy: str = "classifier"
     k: int = 5
@@ -65,11 +72,22 @@ class QABenchConfig:
 
     def strategy_list(self) -> list[str]:
         """The strategies to report, in canonical order (oracle-router's inputs added)."""
-        unknown = [s for s in self.strategies if s not in STRATEGIES]
+        own_file = self.questions_file is not None
+        if self.strategies is None:
+            chosen = [s for s in STRATEGIES
+                      if not (own_file and s == "specialist" and not self.specialist_adapter)]
+        else:
+            chosen = list(self.strategies)
+        unknown = [s for s in chosen if s not in STRATEGIES]
         if unknown:
             raise InputError(f"Unknown strategy {unknown[0]!r}; choose from "
                              f"{', '.join(STRATEGIES)}.")
-        wanted = set(self.strategies)
+        if own_file and "specialist" in chosen and not self.specialist_adapter:
+            raise ConfigError("The specialist strategy on a question file needs "
+                              "--specialist-adapter NAME[@N] (a knowledge adapter trained with "
+                              "`ragtune finetune --task knowledge`): there is no paragraph pool "
+                              "to train one on.")
+        wanted = set(chosen)
         if "oracle-router" in wanted:
             wanted |= set(ORACLE_NEEDS)
         return [s for s in STRATEGIES if s in wanted]
@@ -98,9 +116,8 @@ def run_qa_bench(config: QABenchConfig, *, models: StrategyModels | None = None,
     if config.read_first_confidence is not None and not 0.0 <= config.read_first_confidence <= 1:
         raise InputError("The read-first confidence must be between 0 and 1, got "
                          f"{config.read_first_confidence}.")
-    questions = load_split(config.dataset, config.split, limit=config.limit,
-                           folder=config.data_dir)
-    settings = {"dataset": config.dataset, "split": config.split, "questions": len(questions),
+    questions, source = _questions(config)
+    settings = {**source, "questions": len(questions),
                 "model": config.model, "routing_policy": config.routing_policy, "k": config.k,
                 "ids_sha256": hashlib.sha256("\n".join(q.id for q in questions).encode())
                 .hexdigest()}
@@ -151,6 +168,43 @@ def run_qa_bench(config: QABenchConfig, *, models: StrategyModels | None = None,
     return report
 
 
+def _questions(config: QABenchConfig) -> tuple[list[QAItem], dict[str, Any]]:
+    """The run's questions, and the settings that say where they come from.
+
+    Raises:
+        ConfigError: Neither a dataset split nor a question file with a collection, or both.
+        InputError: A bad question file (every bad line listed), or a bad limit.
+    """
+    if config.questions_file is None:
+        if not config.dataset or not config.split:
+            raise ConfigError("Give --dataset and --split, or --questions FILE.jsonl with "
+                              "--collection NAME.")
+        questions = load_split(config.dataset, config.split, limit=config.limit,
+                               folder=config.data_dir)
+        return questions, {"dataset": config.dataset, "split": config.split}
+    from ragtune.evaluation.question_file import load_question_file
+
+    if config.dataset or config.split:
+        raise ConfigError("--questions runs on an already ingested --collection: give no "
+                          "--dataset or --split with it.")
+    if not config.collection:
+        raise ConfigError("--questions needs --collection NAME, the collection that holds the "
+                          "paragraphs (ingest them first with `ragtune ingest PATH -c NAME`).")
+    questions = load_question_file(config.questions_file)
+    if config.limit is not None:
+        if config.limit < 1:
+            raise InputError("--limit must be at least 1.")
+        if config.limit > len(questions):
+            raise InputError(f"--limit {config.limit} is larger than {config.questions_file} "
+                             f"({len(questions)} questions).")
+        questions = questions[:config.limit]
+    content = json.dumps([[q.id, q.question, q.answer, q.aliases, q.gold_titles, q.kind]
+                          for q in questions])
+    return questions, {"questions_file": Path(config.questions_file).name,
+                       "collection": config.collection,
+                       "questions_sha256": hashlib.sha256(content.encode()).hexdigest()}
+
+
 def _default_models(config: QABenchConfig, questions: Sequence[QAItem], strategies: list[str],
                     out_dir: Path) -> tuple[StrategyModels, Any, dict[str, Any]]:
     """Open the store (ingesting the pool once) and load the configured models."""
@@ -162,12 +216,21 @@ def _default_models(config: QABenchConfig, questions: Sequence[QAItem], strategi
     from ragtune.tools.store import KnowledgeStore
 
     database = Database.open(config.database_url)
-    collection = config.collection or f"bench_{config.dataset}_{config.split}"
-    store = KnowledgeStore(database, load_embeddings(), collection)
     update_costs: dict[str, Any] = {}
-    ingest = _ingest_pool(store, split_path(config.dataset, config.split, config.data_dir))
-    for name in ("rag", "multi-step", "adaptive"):
-        update_costs[name] = {"what": "ingest the pool", **ingest}
+    try:
+        if config.questions_file is not None:
+            collection = str(config.collection)
+            store = _ingested_store(database, load_embeddings(), collection)
+        else:
+            collection = config.collection or f"bench_{config.dataset}_{config.split}"
+            store = KnowledgeStore(database, load_embeddings(), collection)
+            ingest = _ingest_pool(store, split_path(str(config.dataset), str(config.split),
+                                                    config.data_dir))
+            for name in ("rag-base", "rag", "multi-step", "adaptive"):
+                update_costs[name] = {"what": "ingest the pool", **ingest}
+    except BaseException:
+        database.close()
+        raise
     context = Context(model=config.model, specialist_model=config.model,
                       routing_policy=config.routing_policy, k=config.k,
                       collection=collection)
@@ -184,6 +247,23 @@ def _default_models(config: QABenchConfig, questions: Sequence[QAItem], strategi
                             reader_model=resources.reader_model(context),
                             specialist_model=specialist, agent_factory=agent_factory, k=config.k)
     return models, database, update_costs
+
+
+def _ingested_store(database: Any, embeddings: Any, collection: str) -> Any:
+    """Open an existing, non-empty collection.
+
+    Raises:
+        ConfigError: No such collection, or an empty one (the message lists the collections).
+    """
+    from ragtune.tools.store import KnowledgeStore, list_collections
+
+    store = KnowledgeStore(database, embeddings, collection, create=False)
+    if store.count() == 0:
+        names = [c["name"] for c in list_collections(database) if c["name"] != collection]
+        raise ConfigError(f"Collection {collection!r} is empty: ingest its paragraphs first "
+                          f"(`ragtune ingest PATH -c {collection}`); the other collections here "
+                          f"are {', '.join(map(repr, names)) if names else 'none'}.")
+    return store
 
 
 def _ingest_pool(store: Any, path: Path) -> dict[str, Any]:
@@ -213,6 +293,9 @@ def _knowledge_specialist(config: QABenchConfig, questions: Sequence[QAItem], ou
 
     registry = AdapterRegistry(out_dir / "adapters")
     if config.specialist_adapter:
+        if config.questions_file is not None and \
+                config.specialist_adapter.split("@")[0] not in registry.names():
+            registry = AdapterRegistry()  # the user's own adapters, as `ragtune finetune` made
         version = registry.resolve(config.specialist_adapter)
         return (load_specialist(config.model, version.ref, registry=registry),
                 {"seconds": version.manifest.get("metrics", {}).get("train_seconds")})

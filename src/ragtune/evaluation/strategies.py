@@ -1,7 +1,11 @@
 """The answering strategies `ragtune bench qa` compares, each a callable on one question.
 
 - `no-retrieval`: the chat model alone (few-shot `SPECIALIST_PROMPT`, the base model, no adapter).
-- `rag`: one hybrid retrieval, then the reader answers from the paragraphs.
+- `rag-base`: one hybrid retrieval, then the chat model answers from the paragraphs (few-shot
+  `ANSWER_PROMPT`, the base model, no adapter): retrieval alone.
+- `rag`: one hybrid retrieval, then the reader answers from the paragraphs (with a local model,
+  the `reader` adapter): retrieval plus fine-tuning. Both rag rows retrieve k distinct sources, as
+  the agent does (`ragtune.tools.distinct`).
 - `specialist`: a `knowledge` adapter trained on the split's paragraph pool answers alone.
 - `multi-step`: the orchestrator forced to decompose every question (retrieval per sub-question),
   with no read-first shortcut.
@@ -29,7 +33,8 @@ from langchain_core.language_models import BaseChatModel
 from ragtune.agents.routing.decision import RouteDecision
 from ragtune.evaluation.datasets import QAItem
 
-STRATEGIES = ("no-retrieval", "rag", "specialist", "multi-step", "adaptive", "oracle-router")
+STRATEGIES = ("no-retrieval", "rag-base", "rag", "specialist", "multi-step", "adaptive",
+              "oracle-router")
 RUN_STRATEGIES = STRATEGIES[:-1]
 """Strategies that run models; `oracle-router` is computed from their results."""
 
@@ -154,11 +159,15 @@ def make_strategy(name: str, models: StrategyModels) -> Callable[[QAItem], Predi
             reply = ask_specialist(item.question, models.chat_model, prompt=SPECIALIST_PROMPT)
             return Prediction(reply.text, route="no-retrieval")
         return lambda item: _timed(lambda: no_retrieval(item))
-    if name == "rag":
+    if name in ("rag", "rag-base"):
+        from ragtune.tools.distinct import retrieve_sources
+
+        reader = models.reader_model if name == "rag" else models.chat_model
+
         def rag(item: QAItem) -> Prediction:
-            hits = models.store.retrieve(item.question, models.k, mode="hybrid")
+            hits = retrieve_sources(models.store, item.question, models.k, mode="hybrid")
             docs = [h.to_document() for h in hits]
-            result = answer_from_documents(item.question, docs, models.reader_model)
+            result = answer_from_documents(item.question, docs, reader)
             return Prediction(result.text, [str(h.title) for h in hits if h.title], steps=2,
                               route="rag")
         return lambda item: _timed(lambda: rag(item))
