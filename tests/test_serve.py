@@ -315,3 +315,47 @@ def test_sigterm_drains_in_flight_runs_then_exits(servers: dict[str, Server], co
                             (thread,)).fetchall()
     assert rows == [("success", "London")]
     assert "draining: waiting for 1 run(s)" in server.log.read_text()
+
+
+def _through_guard(config: Any, state: Any, method: str, path: str,
+                   headers: dict[str, str] | None = None) -> int:
+    """Send one request through the `Guard` in front of an app that answers 200."""
+    import asyncio
+
+    import httpx
+
+    from ragtune.serving.guard import Guard
+
+    async def inner(scope: Any, receive: Any, send: Any) -> None:
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"ok"})
+
+    async def call() -> int:
+        transport = httpx.ASGITransport(app=Guard(inner, config, state))
+        async with httpx.AsyncClient(transport=transport, base_url="http://127.0.0.1") as client:
+            return (await client.request(method, path, headers=headers)).status_code
+
+    return asyncio.run(call())
+
+
+def test_guard_readiness_draining_and_preflight() -> None:
+    from ragtune.serving.config import ServeConfig
+    from ragtune.serving.guard import ServerState
+
+    config = ServeConfig(api_key=API_KEY)
+    state = ServerState()
+    key = {"x-api-key": API_KEY}
+    assert _through_guard(config, state, "GET", "/ready") == 503  # not started yet
+    state.ready = True
+    assert _through_guard(config, state, "GET", "/ready") == 200
+    assert _through_guard(config, state, "OPTIONS", "/threads",
+                          {"origin": "https://smith.langchain.com"}) == 200  # CORS preflight
+    assert _through_guard(config, state, "POST", "/threads/t1/runs") == 401
+    state.draining = True
+    assert _through_guard(config, state, "GET", "/ready") == 503
+    for path in ("/threads/t1/runs", "/threads/t1/runs/stream", "/threads/t1/runs/wait",
+                 "/runs", "/runs/wait", "/runs/batch"):
+        assert _through_guard(config, state, "POST", path, key) == 503, path
+    # Reading goes on while draining: clients fetch results of runs that finish.
+    assert _through_guard(config, state, "GET", "/threads/t1/runs/r1", key) == 200
+    assert _through_guard(config, state, "POST", "/threads/search", key) == 200
