@@ -1,16 +1,18 @@
 """Reproduce the shipped router classifier end to end: outcome-label runs, then training.
 
-1. For each dataset, ``ragtune bench qa --split tune --strategies no-retrieval rag multi-step``
-   into ``CACHE/<dataset>-tune`` (resumable: an interrupted run continues; ``--limit`` labels the
+1. For each dataset, ``ragtune bench qa --split tune --strategies no-retrieval rag`` into
+   ``CACHE/<dataset>-tune`` (resumable: an interrupted run continues; ``--limit`` labels the
    first N tune questions only). Never a test split: the router's labels come from tune data.
+   Multi-step is not run: with no-retrieval and rag both wrong the oracle's label is C whatever
+   multi-step answers, so it cannot change a label (see `ragtune.agents.routing.outcomes`).
 2. ``python -m ragtune.agents.router train --labels ...`` on those folders: each question labelled
    by the cheapest strategy that answered it (F1 >= 0.5, the bench oracle's rule), a seeded,
    grouped 20% held out, scikit-learn's LogisticRegression fitted and calibrated, the held-out
    accuracy against the oracle recorded for the new classifier, the rules and (``--compare``) the
    artifact it replaces.
 
-The labelling is the slow part (the local 270M model: seconds per question and strategy on a
-laptop CPU, multi-step the most), so it runs under ``nice``. Usage, from the repository root::
+The labelling is the slow part (the local 270M model: about 15 CPU-seconds a question for the
+two strategies), so it runs under ``nice``. Usage, from the repository root::
 
     .venv/bin/python bench/train_router.py --cache "$RAGTUNE_HOME/router-labels" \\
         [--limit N] [--compare OLD_ARTIFACT_DIR] [--skip-labelling]
@@ -32,7 +34,7 @@ def label(cache: Path, dataset: str, limit: int | None, data_dir: Path | None) -
     """Run (or resume) the labelling bench run of one dataset's tune split; return its folder."""
     out = cache / f"{dataset}-tune" if limit is None else cache / f"{dataset}-tune-{limit}"
     command = [sys.executable, "-m", "ragtune", "bench", "qa", "--dataset", dataset,
-               "--split", "tune", "--strategies", "no-retrieval", "rag", "multi-step",
+               "--split", "tune", "--strategies", "no-retrieval", "rag",
                "--out", str(out), "--no-progress", "--json"]
     if limit is not None:
         command += ["--limit", str(limit)]

@@ -1,10 +1,14 @@
 """Outcome labels: each question labelled by the cheapest strategy that answered it correctly.
 
-Owns reading the label runs (folders written by ``ragtune bench qa --strategies no-retrieval rag
-multi-step`` on tune data), turning them into `LabelledQuestion`s with the oracle's rule
+Owns reading the label runs (folders written by ``ragtune bench qa --strategies no-retrieval rag``
+on tune data), turning them into `LabelledQuestion`s with the oracle's rule
 (`ragtune.evaluation.report.oracle_rows`: A no-retrieval < B rag < C multi-step, correct meaning
 F1 >= `CORRECT_F1`; nothing correct: C), and refusing runs on test questions. This is
 Adaptive-RAG's recipe; the router is then scored with the same labels the bench's oracle uses.
+
+Multi-step need not run: when neither no-retrieval nor rag is correct the label is C whether or
+not multi-step is, so its result never changes a label, and it costs as much as the other two
+together several times over (about 30 CPU-seconds a question with the local 270M model).
 """
 
 from __future__ import annotations
@@ -21,8 +25,8 @@ from ragtune.errors import InputError
 from .data import LabelledQuestion
 from .decision import Action
 
-LABEL_STRATEGIES = ("no-retrieval", "rag", "multi-step")
-"""The strategies a label run must hold, cheapest first."""
+LABEL_STRATEGIES = ("no-retrieval", "rag")
+"""The strategies a label run must hold, cheapest first (multi-step cannot change a label)."""
 
 ORACLE_ACTIONS: dict[str, Action] = {"A": "specialist", "B": "retrieve", "C": "decompose"}
 """The router action each oracle label asks for (A: answer without retrieval)."""
@@ -71,7 +75,7 @@ def read_label_run(path: Path) -> tuple[LabelRun, list[LabelledQuestion]]:
         InputError: If the folder is not a bench qa run, was run on a test split, or lacks one
             of `LABEL_STRATEGIES`.
     """
-    from ragtune.evaluation.report import CORRECT_F1, oracle_rows
+    from ragtune.evaluation.report import CORRECT_F1
     from ragtune.evaluation.runner import load_cache
 
     path = Path(path)
@@ -92,18 +96,33 @@ def read_label_run(path: Path) -> tuple[LabelRun, list[LabelledQuestion]]:
     if empty:
         raise InputError(f"label run {path.name}: no results for {', '.join(empty)}; run "
                          f"`ragtune bench qa --strategies {' '.join(LABEL_STRATEGIES)}`")
-    common = set.intersection(*(set(rows) for rows in results.values()))
-    complete = {name: {q: r for q, r in rows.items() if q in common}
-                for name, rows in results.items()}
-    oracle = oracle_rows(complete)
-    items = [LabelledQuestion(str(row["question"]), ORACLE_ACTIONS[row["oracle_label"]],
+    common = sorted(set.intersection(*(set(rows) for rows in results.values())))
+    letters = {qid: oracle_label({name: rows[qid] for name, rows in results.items()})
+               for qid in common}
+    items = [LabelledQuestion(str(results["rag"][qid]["question"]), ORACLE_ACTIONS[letter],
                               f"{dataset}/{split}", f"{dataset}:{qid}")
-             for qid, row in sorted(oracle.items())]
-    counts = Counter(row["oracle_label"] for row in oracle.values())
+             for qid, letter in letters.items()]
+    counts = Counter(letters.values())
     run = LabelRun(name=f"{dataset}/{split}", dataset=dataset, split=split,
                    model=str(settings.get("model", "")), labels=dict(sorted(counts.items())),
                    correct_f1=CORRECT_F1)
     return run, items
+
+
+def oracle_label(rows: dict[str, dict[str, Any]]) -> str:
+    """Return the oracle letter of one question from its per-strategy records.
+
+    The first of no-retrieval (A) and rag (B) whose answer is correct (F1 >= `CORRECT_F1`, no
+    error), else C: `ragtune.evaluation.report.oracle_rows`'s rule, which falls back to C whether
+    or not multi-step was correct.
+    """
+    from ragtune.evaluation.report import CORRECT_F1, ORACLE_ORDER
+
+    for name, letter in ORACLE_ORDER[:-1]:
+        row = rows.get(name)
+        if row is not None and row["f1"] >= CORRECT_F1 and not row.get("error"):
+            return letter
+    return ORACLE_ORDER[-1][1]
 
 
 def read_label_runs(paths: Sequence[Path]) -> tuple[list[LabelRun], list[LabelledQuestion]]:
