@@ -110,9 +110,9 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--out", type=Path, default=DEFAULT_ARTIFACT,
                        help="artifact directory to write (default: the shipped artifact)")
     train.add_argument("--labels", type=Path, nargs="+", default=[], metavar="RUN_DIR",
-                       help="`ragtune bench qa --strategies no-retrieval rag multi-step` output "
-                            "folders on tune splits: train on outcome labels (the cheapest "
-                            "strategy that answered correctly) instead of multi-hop structure")
+                       help="`ragtune bench qa --strategies no-retrieval rag` output folders "
+                            "on tune splits: train on outcome labels (the cheapest strategy that "
+                            "answered correctly) instead of multi-hop structure")
     train.add_argument("--compare", type=Path, default=None, metavar="ARTIFACT",
                        help="an earlier artifact to score on the same held-out questions")
     train.add_argument("--specialist", type=Path, action="append", default=[], metavar="FILE.jsonl",
