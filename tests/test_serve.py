@@ -359,3 +359,17 @@ def test_guard_readiness_draining_and_preflight() -> None:
     # Reading goes on while draining: clients fetch results of runs that finish.
     assert _through_guard(config, state, "GET", "/threads/t1/runs/r1", key) == 200
     assert _through_guard(config, state, "POST", "/threads/search", key) == 200
+
+
+def test_port_in_use_is_a_config_error_before_anything_starts(
+        monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    from ragtune.cli import main
+
+    monkeypatch.delenv("RAGTUNE_API_KEY", raising=False)
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        assert main(["serve", "--port", str(port)]) == 2
+    assert capsys.readouterr().err == (f"error: Cannot listen on 127.0.0.1:{port}: "
+                                       "Address already in use\n")

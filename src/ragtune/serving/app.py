@@ -190,7 +190,7 @@ class Replica:
             server.run()
         except SystemExit as exc:
             raise ConfigError(f"Could not listen on {self.config.host}:{self.config.port} "
-                              "(see the message above; is the port in use?)") from exc
+                              "(is the port in use?)") from exc
         if self.failure is not None:
             raise _as_ragtune_error(self.failure)
 
@@ -216,6 +216,23 @@ def _as_ragtune_error(exc: BaseException) -> RagtuneError:
     return DatabaseError(f"The server failed to start: {type(exc).__name__}: {exc}")
 
 
+def check_bindable(host: str, port: int) -> None:
+    """Raise `ConfigError` now when `host:port` cannot be listened on (in use, no such address).
+
+    uvicorn would find out only after the database and aegra have started, and say it in a log.
+    """
+    import socket
+
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+        family, kind, proto, _, address = infos[0]
+        with socket.socket(family, kind, proto) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            probe.bind(address)
+    except OSError as exc:
+        raise ConfigError(f"Cannot listen on {host}:{port}: {exc.strerror or exc}") from exc
+
+
 def serve(config: ServeConfig) -> None:
     """Run one replica with `config` until it is drained (see the module docstring)."""
     from ragtune.serving.graphs import check_graphs, write_runtime_config
@@ -224,6 +241,7 @@ def serve(config: ServeConfig) -> None:
 
     config.validate()
     _import_aegra()
+    check_bindable(config.host, config.port)
     if config.database_url:
         # The graphs' resources open the same database (deployment configuration, not a run's).
         os.environ[ENV_DATABASE_URL] = config.database_url
