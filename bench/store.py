@@ -12,13 +12,18 @@ Sections (each can be skipped with `--skip`):
 * `search`: dense latency on 200,000 synthetic embedding-like unit vectors under HNSW (loaded by
   COPY, index built after), `KnowledgeStore.retrieve` against the bare
   `ORDER BY embedding <=> $1 LIMIT 10` query on the same index, with recall against exact search.
+* `ray`: the Ray engine's ingest at 1 and 2 workers against the single-process path, embedding
+  alone on one thread and writing alone, on `--ray-paragraphs` HotpotQA paragraphs (see
+  `bench/store_ray.py`; skipped, with a line saying so, where Ray is not installed).
+* `index_build`: a bulk load as docs/scale-out.md plans it (COPY with no vector index, then the
+  HNSW build) at `--index-rows` synthetic vectors and half that.
 
 Embedding throughput lives in `bench/embeddings.py`. Every number is a measurement, compared with a
 peer measured in the same run; nothing here asserts. The run uses its own embedded server in a
 temporary ragtune home (or `--home`), never the user's database.
 
     python bench/store.py [--quick] [--skip quality,ingest,search] [--home DIR] [--out FILE]
-                          [--e2e-queries N]
+                          [--e2e-queries N] [--ray-paragraphs N] [--index-rows N]
 """
 
 from __future__ import annotations
@@ -43,7 +48,7 @@ import numpy as np
 from langchain_core.embeddings import Embeddings
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-SECTIONS = ("quality", "ingest", "search")
+SECTIONS = ("quality", "ingest", "search", "ray", "index_build")
 MODES = ("dense", "text", "hybrid")
 KS = (2, 5, 10, 20)
 # Chunks fetched per query before deduplicating by title: a long paragraph can yield several.
@@ -732,6 +737,10 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--repeats", type=int, default=3, help="runs per fast ingest peer (median)")
     p.add_argument("--synthetic-rows", type=int, default=200_000)
     p.add_argument("--queries", type=int, default=200, help="queries on the synthetic set")
+    p.add_argument("--ray-paragraphs", type=int, default=300,
+                   help="HotpotQA paragraphs the ray section ingests per run")
+    p.add_argument("--index-rows", type=int, default=40_000,
+                   help="rows of the index_build section's larger load")
     args = p.parse_args(argv)
     args.skip = {s.strip() for s in args.skip.split(",") if s.strip()}
     if unknown := args.skip - set(SECTIONS):
@@ -779,6 +788,19 @@ def main(argv: Sequence[str] | None = None) -> int:
             print_pool_latency(results["quality"]["latency"])
         if "search" not in args.skip:
             results["search"] = bench_search(db, args)
+        if "ray" not in args.skip:
+            from importlib.util import find_spec
+
+            if find_spec("ray") is None:
+                say("\nSkipping the ray section: pip install 'ragtune[ray]'")
+            else:
+                from store_ray import bench_ray  # bench/store_ray.py
+
+                results["ray"] = bench_ray(db, args, work)
+        if "index_build" not in args.skip:
+            from store_ray import bench_index_build
+
+            results["index_build"] = bench_index_build(db, args)
     finally:
         db.close()
         shutil.rmtree(work, ignore_errors=True)

@@ -196,7 +196,9 @@ def test_ray_engine_refuses_bad_requests_clearly(
         fake.delete_collection()
     for argv, message in [
         (["ingest", str(corpus), "--engine", "ray", "--workers", "0"], "at least 1"),
+        (["ingest", str(corpus), "--engine", "ray", "--window-chunks", "0"], "at least 1"),
         (["ingest", str(corpus), "--address", "auto"], "--engine ray only"),
+        (["ingest", str(corpus), "--window-chunks", "5"], "--engine ray only"),
         (["bench", "qa", "--dataset", "hotpotqa", "--split", "tune", "--out",
           str(tmp_path / "b"), "--address", "auto"], "--engine ray only"),
     ]:

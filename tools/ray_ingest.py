@@ -135,17 +135,12 @@ def embed_on_ray(ray: Any, texts: Sequence[str], embedder: LocalEmbeddings, *, w
     # A few blocks per worker, so that every actor gets work even from a small window.
     dataset = ray.data.from_items([{"key": i, "text": t} for i, t in enumerate(unique)],
                                   override_num_blocks=min(len(unique), workers * 4))
-    settings = (embedder.model_name, None if bundled else embedder.model_path,
-                embedder.batch_size)
-
-    class EmbedThisModel(EmbedOnWorker):
-        # The settings travel inside the class: Ray then keeps no constructor arguments in its
-        # object store (which it warns about for restartable actors).
-        def __init__(self) -> None:
-            super().__init__(*settings)
-
     embedded = dataset.map_batches(
-        EmbedThisModel, compute=ray.data.ActorPoolStrategy(size=workers), batch_size=batch_size,
+        EmbedOnWorker,
+        fn_constructor_kwargs={"model_name": embedder.model_name,
+                               "model_path": None if bundled else embedder.model_path,
+                               "batch_size": embedder.batch_size},
+        compute=ray.data.ActorPoolStrategy(size=workers), batch_size=batch_size,
         batch_format="numpy", num_cpus=1, runtime_env={"env_vars": worker_env()})
     vectors: dict[str, np.ndarray] = {}
     with warnings.catch_warnings():

@@ -49,6 +49,9 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
     p.add_argument("--workers", type=int, default=None, metavar="N",
                    help="--engine ray: embedding workers, one CPU each (default: every CPU of "
                         "the cluster)")
+    p.add_argument("--window-chunks", type=int, default=None, metavar="N",
+                   help="--engine ray: chunks read ahead and embedded per Ray Data run "
+                        "(default 20,000; each run starts the workers' models afresh)")
     p.set_defaults(handler=run_ingest)
 
     p = commands.add_parser("search", help="search a collection",
@@ -109,8 +112,10 @@ def run_ingest(args: argparse.Namespace) -> int:
         import_ray()  # a missing Ray fails before the database opens
         if args.workers is not None and args.workers < 1:
             raise ConfigError(f"--workers must be at least 1, not {args.workers}")
-    elif args.address or args.workers is not None:
-        raise ConfigError("--address and --workers apply to --engine ray only")
+        if args.window_chunks is not None and args.window_chunks < 1:
+            raise ConfigError(f"--window-chunks must be at least 1, not {args.window_chunks}")
+    elif args.address or args.workers is not None or args.window_chunks is not None:
+        raise ConfigError("--address, --workers and --window-chunks apply to --engine ray only")
     for path in args.paths:
         try:
             Path(path).stat()
@@ -136,10 +141,11 @@ def run_ingest(args: argparse.Namespace) -> int:
                 chunk_overlap=args.chunk_overlap,
                 max_file_bytes=int(args.max_file_mb * 1024 * 1024), on_batch=progress)
             if args.engine == "ray":
-                from ragtune.tools.ray_ingest import ingest_paths_ray
+                from ragtune.tools.ray_ingest import DEFAULT_WINDOW_CHUNKS, ingest_paths_ray
 
                 summary = ingest_paths_ray(store, args.paths, address=args.address,
-                                           workers=args.workers, **options)
+                                           workers=args.workers, window_chunks=args.window_chunks
+                                           or DEFAULT_WINDOW_CHUNKS, **options)
             else:
                 summary = ingest_paths(store, args.paths, **options)
     finally:
