@@ -126,6 +126,9 @@ def build_parser() -> argparse.ArgumentParser:
                             "by cross-validated accuracy)")
     train.add_argument("--class-weight", choices=("none", "balanced"), default="none",
                        help="weight classes to balance them (default: none)")
+    train.add_argument("--min-class-examples", type=int, default=20, metavar="N",
+                       help="outcome labels: a route labelled on fewer questions is trained as "
+                            "the next costlier one (default: %(default)s)")
     train.add_argument("--no-lexical", dest="lexical", action="store_false",
                        help="use the embedding alone, without the lexical features")
     train.add_argument("--no-test-report", dest="test_report", action="store_false",
@@ -165,6 +168,7 @@ def _train_command(args: argparse.Namespace) -> int:
         seed=args.seed, held_out=args.held_out, c=args.c,
         class_weight=None if args.class_weight == "none" else args.class_weight,
         lexical=args.lexical, test_report=args.test_report, compare=args.compare,
+        min_class_examples=args.min_class_examples,
     )
     train_classifier_artifact(settings, report=print)
     return 0

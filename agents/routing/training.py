@@ -30,7 +30,7 @@ import numpy as np
 
 from . import data, outcomes
 from .classifier import ClassifierRouter, embed_questions
-from .decision import ACTIONS, Router
+from .decision import ACTIONS, Action, Router
 from .rules import RulesRouter
 from .softmax import expected_calibration_error
 
@@ -57,6 +57,10 @@ class TrainingArguments:
         lexical: Append the lexical features to the embedding.
         test_report: Also score on the test files (structure labels only; never fitted on).
         compare: An earlier artifact to score on the same held-out questions.
+        min_class_examples: Outcome labels only: an action labelled on fewer questions is
+            trained as the next costlier one (in practice A, no retrieval, as B: a 270M model
+            rarely knows an answer unaided), so the router never picks a route it has barely
+            seen; scores still count those questions under their true label.
         latency_samples: Questions timed for the latency figures.
     """
 
@@ -71,6 +75,7 @@ class TrainingArguments:
     lexical: bool = True
     test_report: bool = True
     compare: Path | None = None
+    min_class_examples: int = 20
     latency_samples: int = 100
 
 
@@ -195,6 +200,9 @@ def train_classifier_artifact(
         items = data.load_questions(args.data_dir, data.TRAIN_FILES)
     for path in args.specialist:
         items += data.read_specialist_questions(path)
+    relabel = rare_classes(items, args.min_class_examples) if runs else {}
+    if relabel:
+        report(f"trained as the next costlier route (too few examples): {relabel}")
     train, held = data.split_held_out(items, args.held_out, args.seed)
     report(f"{len(items)} questions {data.count_labels(items)}: "
            f"{len(train)} train, {len(held)} held out")
@@ -208,13 +216,14 @@ def train_classifier_artifact(
 
     started = time.perf_counter()
     router = ClassifierRouter.train(
-        [(i.text, i.label) for i in train], embeddings, seed=args.seed, c=args.c,
+        [(i.text, relabel.get(i.label, i.label)) for i in train], embeddings, seed=args.seed,
+        c=args.c,
         lexical=args.lexical, vectors=train_vectors, class_weight=args.class_weight,
     )
     fit_seconds = time.perf_counter() - started
     held_scores = score_classifier(router, held, held_vectors)
     ablation = ClassifierRouter.train(
-        [(i.text, i.label) for i in train], embeddings, seed=args.seed,
+        [(i.text, relabel.get(i.label, i.label)) for i in train], embeddings, seed=args.seed,
         c=router.manifest["fit"]["c"], lexical=not args.lexical, vectors=train_vectors,
         class_weight=args.class_weight,
     )
@@ -248,11 +257,16 @@ def train_classifier_artifact(
                          "Tune splits only; no test question, no 2WikiMultiHopQA",
             "train_examples_per_label": data.count_labels(train),
             "held_out_examples_per_label": data.count_labels(held),
+            "trained_as": {
+                "classes": relabel, "min_class_examples": args.min_class_examples,
+                "note": "an action with fewer labelled questions is trained as the next costlier "
+                        "route; accuracies count those questions under their true label",
+            },
         }
         manifest["held_out"]["oracle_accuracy"] = _oracle_comparison(
             router, rules, held, held_vectors, args.compare, embeddings, report)
         manifest["cross_validated"] = cross_validated_oracle(
-            items, vectors, embeddings, args, report)
+            items, vectors, embeddings, args, report, relabel=relabel)
     else:
         manifest["labels_from"] = "structure"
         manifest["data_sources"] = {
@@ -319,6 +333,7 @@ def _oracle_comparison(
 def cross_validated_oracle(
     items: Sequence[data.LabelledQuestion], vectors: np.ndarray, embeddings: Embeddings,
     args: TrainingArguments, report: Callable[[str], None], folds: int = 5,
+    relabel: dict[Action, Action] | None = None,
 ) -> dict[str, Any]:
     """Out-of-fold accuracy against the oracle over every labelled question.
 
@@ -326,7 +341,9 @@ def cross_validated_oracle(
     on the other folds; folds are seeded hashes of the question's group, like the held-out split.
     With a few hundred labels the 20% held out is small, so this is the steadier number; the
     compared artifact and the majority label of the training folds are scored on the same folds.
+    `relabel` maps a label to the one it is trained as (see `rare_classes`).
     """
+    relabel = relabel or {}
     import hashlib
     from collections import Counter
 
@@ -337,11 +354,12 @@ def cross_validated_oracle(
     for k in range(folds):
         held = [int(n) for n in np.flatnonzero(fold_of == k)]
         train = [int(n) for n in np.flatnonzero(fold_of != k)]
-        train_labels = [items[t].label for t in train]
+        train_labels = [relabel.get(items[t].label, items[t].label) for t in train]
         if not len(held) or len(set(train_labels)) < 2:
             continue
         model = ClassifierRouter.train(
-            [(items[t].text, items[t].label) for t in train], embeddings, seed=args.seed,
+            [(items[t].text, label) for t, label in zip(train, train_labels, strict=True)],
+            embeddings, seed=args.seed,
             c=args.c, lexical=args.lexical, vectors=vectors[train],
             class_weight=args.class_weight)
         guesses = classifier_predictions(model, [items[h] for h in held], vectors[held])
@@ -363,6 +381,26 @@ def cross_validated_oracle(
         f"{name} {scores['accuracy']}" for name, scores in result.items()
         if isinstance(scores, dict)))
     return result
+
+
+def rare_classes(items: Sequence[data.LabelledQuestion], minimum: int) -> dict[Action, Action]:
+    """Return {label: label to train it as} for outcome labels with fewer than `minimum` items.
+
+    A rare A (``specialist``, no retrieval) becomes B (``retrieve``), a rare B becomes C
+    (``decompose``): the next costlier route, which answers whatever the cheaper one does. C is
+    never merged (it is where unanswered questions go).
+    """
+    from collections import Counter
+
+    counts: Counter[str] = Counter(i.label for i in items)
+    order: tuple[Action, ...] = ("specialist", "retrieve", "decompose")
+    relabel: dict[Action, Action] = {}
+    for cheaper, costlier in zip(order, order[1:], strict=False):
+        if 0 < counts[cheaper] < minimum:
+            relabel[cheaper] = relabel.get(costlier, costlier)
+            counts[costlier] += counts.pop(cheaper)
+    # A merged into B that is itself merged into C goes to C.
+    return {k: relabel.get(v, v) for k, v in relabel.items()}
 
 
 def json_created_at(path: Path) -> str | None:
