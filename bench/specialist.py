@@ -4,7 +4,8 @@ Sections (all by default):
 
 - `reader`: EM/F1 (SQuAD normalisation) of the base model prompted few-shot (`ANSWER_PROMPT`) and
   of the `reader` adapter, both given the gold paragraphs, on the first N HotpotQA `dev_test`
-  questions.
+  questions (`--reader-distractors D` adds D of each question's own distractors, shuffled with a
+  fixed seed, as a retrieved top-k would hold them).
 - `decomposer`: on the first N MuSiQue `dev_test` questions, the share with the right number of
   sub-questions and the position-wise token F1 of the sub-questions against the gold decomposition
   (`X >> relation` steps written as "What is the relation of X?", as in training), few-shot base
@@ -19,6 +20,7 @@ Sections (all by default):
 
     python bench/specialist.py                                  # everything (about an hour on CPU)
     python bench/specialist.py --sections reader --reader-limit 300
+    python bench/specialist.py --sections reader --reader reader@2 --no-base   # one adapter
 
 Generation is greedy and batched (left padding) for throughput; prints markdown tables and writes
 JSON (default `bench/results/specialist.json`).
@@ -67,8 +69,24 @@ def hotpot_gold(record: dict[str, Any]) -> list[tuple[str, str]]:
     return [(t, "".join(s)) for t, s in record["context"] if t in gold]
 
 
-def bench_reader(runtime: Any, adapter: str, limit: int, batch: int) -> dict[str, Any]:
-    """Reader EM/F1 given gold paragraphs: few-shot base against the adapter."""
+def hotpot_context(record: dict[str, Any], distractors: int) -> list[tuple[str, str]]:
+    """The gold paragraphs, plus `distractors` of the record's others, shuffled (seeded by id)."""
+    import random
+
+    gold = hotpot_gold(record)
+    if not distractors:
+        return gold
+    rng = random.Random(record["_id"])
+    titles = {t for t, _ in gold}
+    others = [(t, "".join(s)) for t, s in record["context"] if t not in titles]
+    context = gold + rng.sample(others, min(distractors, len(others)))
+    rng.shuffle(context)
+    return context
+
+
+def bench_reader(runtime: Any, adapter: str, limit: int, batch: int, *, base: bool = True,
+                 distractors: int = 0) -> dict[str, Any]:
+    """Reader EM/F1 given gold paragraphs (and `distractors`): few-shot base against the adapter."""
     from langchain_core.documents import Document
 
     from ragtune.agents.answerer import clean_answer, format_context
@@ -77,15 +95,16 @@ def bench_reader(runtime: Any, adapter: str, limit: int, batch: int) -> dict[str
     from ragtune.evaluation.metrics import best_em_f1
 
     records = json.loads((DATA / "hotpotqa" / "dev_test.json").read_text())[:limit]
-    golds = [hotpot_gold(r) for r in records]
+    golds = [hotpot_context(r, distractors) for r in records]
     base_prompts = [ANSWER_PROMPT.format(
         context=format_context([Document(text, metadata={"title": t}) for t, text in gold]),
         question=r["question"]) for r, gold in zip(records, golds, strict=True)]
     adapter_prompts = [reader_prompt(r["question"], [Paragraph(t, text) for t, text in gold])
                        for r, gold in zip(records, golds, strict=True)]
-    rows: dict[str, Any] = {"questions": len(records), "dataset": "hotpotqa/dev_test.json"}
-    for label, prompts, key in (("base few-shot", base_prompts, None),
-                                ("reader adapter", adapter_prompts, adapter)):
+    rows: dict[str, Any] = {"questions": len(records), "dataset": "hotpotqa/dev_test.json",
+                            "distractors": distractors}
+    runs = [("base few-shot", base_prompts, None)] if base else []
+    for label, prompts, key in [*runs, ("reader adapter", adapter_prompts, adapter)]:
         print(f"  reader: {label}", file=sys.stderr)
         texts, seconds, tokens = generate(runtime, prompts, key, batch=batch, max_new_tokens=24,
                                           stop=("\n",))
@@ -100,7 +119,8 @@ def bench_reader(runtime: Any, adapter: str, limit: int, batch: int) -> dict[str
     return rows
 
 
-def bench_decomposer(runtime: Any, adapter: str, limit: int, batch: int) -> dict[str, Any]:
+def bench_decomposer(runtime: Any, adapter: str, limit: int, batch: int, *,
+                     base: bool = True) -> dict[str, Any]:
     """Decomposition count accuracy and sub-question F1: few-shot base against the adapter."""
     from ragtune.agents.decomposer import parse_sub_questions
     from ragtune.agents.finetune.datasets import decomposer_prompt, naturalize_step
@@ -115,7 +135,7 @@ def bench_decomposer(runtime: Any, adapter: str, limit: int, batch: int) -> dict
              None, ("<question>", "\n\n")),
             ("decomposer adapter", [decomposer_prompt(r["question"]) for r in records], adapter,
              ("\n\n", "\nQuestion:")))
-    for label, prompts, key, stop in runs:
+    for label, prompts, key, stop in runs[0 if base else 1:]:
         print(f"  decomposer: {label}", file=sys.stderr)
         texts, seconds, tokens = generate(runtime, prompts, key, batch=batch, max_new_tokens=96,
                                           stop=stop)
@@ -299,9 +319,11 @@ def print_tables(results: dict[str, Any]) -> None:
     """Print the results as markdown tables."""
     if "reader" in results:
         r = results["reader"]
-        print(f"\n## Reader, gold paragraphs, {r['questions']} HotpotQA dev_test questions\n")
+        extra = f" + {r['distractors']} distractors" if r.get("distractors") else ""
+        print(f"\n## Reader, gold paragraphs{extra}, {r['questions']} HotpotQA dev_test "
+              f"questions (adapter {r.get('adapter')})\n")
         print("| model | EM | F1 | seconds |\n|---|---|---|---|")
-        for label in ("base few-shot", "reader adapter"):
+        for label in [k for k in ("base few-shot", "reader adapter") if k in r]:
             print(f"| {label} | {r[label]['em']:.3f} | {r[label]['f1']:.3f} | "
                   f"{r[label]['seconds']:.0f} |")
     if "decomposer" in results:
@@ -309,7 +331,7 @@ def print_tables(results: dict[str, Any]) -> None:
         print(f"\n## Decomposer, {r['questions']} MuSiQue dev_test questions\n")
         print("| model | right count | sub-question F1 | unparsed | seconds |")
         print("|---|---|---|---|---|")
-        for label in ("base few-shot", "decomposer adapter"):
+        for label in [k for k in ("base few-shot", "decomposer adapter") if k in r]:
             x = r[label]
             print(f"| {label} | {x['right_count']:.3f} | {x['sub_question_f1']:.3f} | "
                   f"{x['unparsed']} | {x['seconds']:.0f} |")
@@ -343,6 +365,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--reader", default="reader", help="reader adapter ref")
     parser.add_argument("--decomposer", default="decomposer", help="decomposer adapter ref")
     parser.add_argument("--reader-limit", type=int, default=300)
+    parser.add_argument("--reader-distractors", type=int, default=0,
+                        help="add this many of each question's distractors to its gold")
+    parser.add_argument("--no-base", action="store_true",
+                        help="skip the few-shot base model rows (reader, decomposer)")
     parser.add_argument("--decomposer-limit", type=int, default=200)
     parser.add_argument("--facts", type=int, default=100)
     parser.add_argument("--knowledge-epochs", type=float, default=3.0)
@@ -373,12 +399,14 @@ def main(argv: list[str] | None = None) -> int:
         started = time.perf_counter()
         if section == "reader":
             key = adapter_key(model.resolve(args.reader))
-            results["reader"] = bench_reader(runtime, key, args.reader_limit, args.batch)
+            results["reader"] = bench_reader(runtime, key, args.reader_limit, args.batch,
+                                             base=not args.no_base,
+                                             distractors=args.reader_distractors)
             results["reader"]["adapter"] = model.registry.resolve(args.reader).ref
         elif section == "decomposer":
             key = adapter_key(model.resolve(args.decomposer))
             results["decomposer"] = bench_decomposer(runtime, key, args.decomposer_limit,
-                                                     args.batch)
+                                                     args.batch, base=not args.no_base)
             results["decomposer"]["adapter"] = model.registry.resolve(args.decomposer).ref
         elif section == "serving":
             results["serving"] = bench_serving(runtime, model, [args.reader, args.decomposer],

@@ -132,7 +132,7 @@ def test_no_gold_share_is_about_a_fifth(tmp_path: Path) -> None:
     path.write_text(json.dumps(records), encoding="utf-8")
     examples = load_examples("reader", [path])
     no_gold = sum("Gold fact" not in e.prompt for e in examples)
-    assert datasets.RAFT_NO_GOLD_SHARE == pytest.approx(0.2)
+    assert pytest.approx(0.2) == datasets.RAFT_NO_GOLD_SHARE
     assert 0.14 < no_gold / len(examples) < 0.26
     counts = {len(_LINE.findall(e.prompt)) for e in examples if "Gold fact" in e.prompt}
     assert counts == {2, 3, 4, 5}  # gold plus 0..3 distractors
@@ -219,3 +219,50 @@ def test_memory_estimate_counts_only_the_logits_computed() -> None:
     every = estimate_memory_bytes(**settings)
     completions = estimate_memory_bytes(**settings, logits_length=40)
     assert completions < every - 8 * 2**30  # the full logits alone are about 9 GiB here
+
+
+def test_a_run_can_start_from_a_registered_adapter(tiny_base: Path, tmp_path: Path,
+                                                   embedder: Any) -> None:
+    from safetensors.torch import load_file
+
+    from ragtune.agents.adapters import AdapterRegistry
+    from ragtune.agents.finetune.train import FinetuneConfig, run_finetune
+    from ragtune.errors import AdapterError
+
+    registry = AdapterRegistry(tmp_path / "adapters", shipped_root=None)
+
+    def config(**overrides: Any) -> FinetuneConfig:
+        settings: dict[str, Any] = dict(
+            task="reader", data=[str(HOTPOT_FILES[0])], name="tiny-reader", base=str(tiny_base),
+            max_steps=2, batch_size=2, grad_accum=1, max_length=1024, progress=False,
+            learning_rate=5e-3, rank=4, eval_fraction=0.0)
+        settings.update(overrides)
+        return FinetuneConfig(**settings)
+
+    first = run_finetune(config(), registry=registry, embeddings=embedder, home=tmp_path).adapter
+    # A zero learning rate keeps the starting weights: they are the first version's, not new ones.
+    second = run_finetune(config(init_adapter="tiny-reader", rank=16, learning_rate=0.0),
+                          registry=registry, embeddings=embedder, home=tmp_path).adapter
+    assert second.ref == "tiny-reader@2"
+    assert second.manifest["init_adapter"]["ref"] == "tiny-reader@1"
+    assert second.manifest["init_adapter"]["files"] == first.manifest["files"]
+    assert second.manifest["hyperparameters"]["rank"] == 4  # the adapter's, not --rank
+    assert second.manifest["hyperparameters"]["init_adapter"] == "tiny-reader@1"
+    before = load_file(str(first.path / "adapter_model.safetensors"))
+    after = load_file(str(second.path / "adapter_model.safetensors"))
+    assert before.keys() == after.keys()
+    assert all(before[k].abs().sum() > 0 for k in before if "lora_B" in k)  # trained, not fresh
+    assert all(before[k].equal(after[k]) for k in before)
+    registry.verify(second, base_sha256=second.manifest["base"]["sha256"])
+
+    with pytest.raises(AdapterError, match="has no version 9"):
+        run_finetune(config(init_adapter="tiny-reader@9"), registry=registry, home=tmp_path)
+    with pytest.raises(AdapterError, match="'reader' adapter; it cannot start a 'decomposer'"):
+        run_finetune(config(task="decomposer", data=[str(TOY_DATA / "train" /
+                                                          "musique_decompositions.json")],
+                            init_adapter="tiny-reader@1"), registry=registry, home=tmp_path)
+    weights = first.path / "adapter_model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:-8] + b"\0" * 8)
+    with pytest.raises(AdapterError, match="is corrupt"):
+        run_finetune(config(init_adapter="tiny-reader@1"), registry=registry, home=tmp_path)
+    assert [v.ref for v in registry.versions("tiny-reader")] == ["tiny-reader@1", "tiny-reader@2"]

@@ -27,6 +27,7 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
     p.add_argument("--data", required=True, nargs="+", metavar="FILE", help=help_of["data"])
     p.add_argument("--name", required=True, help=help_of["name"])
     p.add_argument("--base", default="local:gemma-3-270m", help=help_of["base"])
+    p.add_argument("--init-adapter", default=None, metavar="REF", help=help_of["init_adapter"])
     p.add_argument("--rank", type=int, default=8, help=help_of["rank"])
     p.add_argument("--alpha", type=int, default=None, help=help_of["alpha"])
     p.add_argument("--target-modules", default="all-linear", help=help_of["target_modules"])
@@ -63,7 +64,8 @@ def run_finetune_command(args: argparse.Namespace) -> int:
     for path in args.data:  # unreadable, a FIFO or a device: refused before any model loads
         check_readable(path)
     config = FinetuneConfig(
-        task=args.task, data=list(args.data), name=args.name, base=args.base, rank=args.rank,
+        task=args.task, data=list(args.data), name=args.name, base=args.base,
+        init_adapter=args.init_adapter, rank=args.rank,
         alpha=args.alpha, target_modules=args.target_modules, epochs=args.epochs,
         max_steps=args.max_steps, learning_rate=args.lr, batch_size=args.batch_size,
         grad_accum=args.grad_accum, max_length=args.max_length, max_examples=args.max_examples,
