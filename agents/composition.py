@@ -165,7 +165,8 @@ def _attribute_question(head: str, entity: str, order: Order, word: re.Match[str
             return f"When did {entity} {predicate}?"
         return f"When {single} {entity} {predicate}?"
     if order in ("most", "least"):
-        if aux in ("has", "have", "had") and predicate:
+        leads = re.match(r"(?:the\s+)?" + re.escape(found), rest, re.IGNORECASE) is not None
+        if aux in ("has", "have", "had") and predicate and leads:  # "has more members"
             thing = re.sub(r"\s+in (?:it|them)$", "", predicate)
             tense = "did" if aux == "had" else "does"
             return f"How many {thing} {tense} {entity} have?"
