@@ -176,15 +176,21 @@ def bench_index_build(db: Any, args: argparse.Namespace) -> dict[str, Any]:
                              f" WITH (m = {HNSW_M}, ef_construction = {HNSW_EF_CONSTRUCTION})")
                 build_s = time.perf_counter() - started
                 conn.commit()
+                table_mb, index_mb = conn.execute(
+                    "SELECT pg_table_size(%s) / 1e6, pg_indexes_size(%s) / 1e6",
+                    (f'"{table}"', f'"{table}"')).fetchone()
         finally:
             with raw_connection(db) as conn:
                 conn.execute(f'DROP TABLE IF EXISTS "{table}"')
         rows_out.append({"rows": n, "copy_s": round(copy_s, 2),
                          "copy_rows_per_s": round(n / copy_s), "hnsw_build_s": round(build_s, 2),
-                         "hnsw_rows_per_s": round(n / build_s)})
+                         "hnsw_rows_per_s": round(n / build_s),
+                         "table_mb": round(float(table_mb), 1),
+                         "indexes_mb": round(float(index_mb), 1)})
     say(f"\n## 6. Bulk load: COPY without a vector index, then HNSW (m={HNSW_M}, "
         f"ef_construction={HNSW_EF_CONSTRUCTION}, maintenance_work_mem 1GB)\n")
-    say(md_table(["rows", "COPY s", "COPY rows/s", "HNSW build s", "HNSW rows/s"],
+    say(md_table(["rows", "COPY s", "COPY rows/s", "HNSW build s", "HNSW rows/s", "table MB",
+                  "indexes MB"],
                  [[r["rows"], r["copy_s"], r["copy_rows_per_s"], r["hnsw_build_s"],
-                   r["hnsw_rows_per_s"]] for r in rows_out]))
+                   r["hnsw_rows_per_s"], r["table_mb"], r["indexes_mb"]] for r in rows_out]))
     return {"runs": rows_out, "loadavg_end": os.getloadavg()}
