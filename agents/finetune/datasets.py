@@ -9,8 +9,8 @@ adapter learns is exactly what serving will ask it.
   record's distractors (HotpotQA's 8, MuSiQue's non-supporting paragraphs), shuffled, within
   `RAFT_CONTEXT_CHARS`; in a `RAFT_NO_GOLD_SHARE` of the examples distractors replace the gold
   paragraphs and the answer stays (RAFT's recipe: retrieval often misses, and the reader should
-  meet such contexts in training too). Answers are short and normalised (`short_answer`). JSONL lines
-  `{"question", "answer", "paragraphs": [{"title", "text"}]}` are taken as given.
+  meet such contexts in training too). Answers are short and normalised (`short_answer`). JSONL
+  lines `{"question", "answer", "paragraphs": [{"title", "text"}]}` are taken as given.
 - `decomposer`: question -> numbered sub-questions with `#n` references. MuSiQue decomposition files
   (`X >> relation` steps become "What is the relation of X?"), Break QDMR files (aggregation steps
   dropped), or JSONL lines `{"question", "sub_questions": [...]}`.
