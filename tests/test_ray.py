@@ -284,12 +284,17 @@ def test_bench_qa_on_ray_gives_the_local_results(ray_local: Any, fake_store: Any
 def test_a_killed_cli_ray_ingest_reruns_without_duplicates(
         ray_local: Any, database: Any, embedder: Any, cli_env: dict[str, str],
         tmp_path: Path) -> None:
-    """SIGKILL `ragtune ingest --engine ray` on the module's cluster once rows are committed."""
+    """SIGKILL `ragtune ingest --engine ray` on the module's cluster once rows are committed.
+
+    Two windows: the first is written, then the kill lands while the second is being embedded
+    (a Ray Data run takes seconds), so the re-run has both stored and missing sources to handle.
+    """
     corpus = write_corpus(tmp_path, sources=60)
     name = f"test_{uuid.uuid4().hex[:12]}"
     address = ray_local.get_runtime_context().gcs_address
     argv = ragtune_cmd("ingest", str(corpus), "-c", name, "--engine", "ray", "--address",
-                       address, "--workers", "2", "--chunk-size", "200", "--json")
+                       address, "--workers", "2", "--chunk-size", "200", "--window-chunks",
+                       "80", "--json")
     store = KnowledgeStore(database, embedder, name)
     try:
         proc = subprocess.Popen(argv, env=cli_env, stdout=subprocess.PIPE,
@@ -305,6 +310,7 @@ def test_a_killed_cli_ray_ingest_reruns_without_duplicates(
         summary = json.loads(done.stdout.strip().splitlines()[-1])
         rows = table_rows(store)
         assert len(rows) == summary["chunks"] and summary["documents"] == 60
+        assert 0 < before < len(rows)  # killed mid-run, not before or after it
         assert summary["chunks_written"] == len(rows) - before
         assert summary["new"] + summary["unchanged"] == 60
     finally:
