@@ -266,3 +266,27 @@ def test_a_run_can_start_from_a_registered_adapter(tiny_base: Path, tmp_path: Pa
     with pytest.raises(AdapterError, match="is corrupt"):
         run_finetune(config(init_adapter="tiny-reader@1"), registry=registry, home=tmp_path)
     assert [v.ref for v in registry.versions("tiny-reader")] == ["tiny-reader@1", "tiny-reader@2"]
+
+
+def test_the_held_out_set_is_evaluated_once_at_the_end(tiny_base: Path, tmp_path: Path,
+                                                       embedder: Any) -> None:
+    from transformers import TrainerCallback
+
+    from ragtune.agents.adapters import AdapterRegistry
+    from ragtune.agents.finetune.train import FinetuneConfig, run_finetune
+
+    class CountEvaluations(TrainerCallback):
+        def __init__(self) -> None:
+            self.steps: list[int] = []
+
+        def on_evaluate(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+            self.steps.append(state.global_step)
+
+    counter = CountEvaluations()
+    result = run_finetune(FinetuneConfig(
+        task="reader", data=[str(HOTPOT_FILES[0])], name="tiny-reader", base=str(tiny_base),
+        max_steps=3, batch_size=2, grad_accum=1, max_length=1024, progress=False,
+        eval_steps=50), registry=AdapterRegistry(tmp_path / "adapters", shipped_root=None),
+        embeddings=embedder, home=tmp_path, callbacks=[counter])
+    assert counter.steps == [3]
+    assert result.metrics["eval_loss"] > 0

@@ -300,7 +300,11 @@ def run_finetune(config: FinetuneConfig, *, registry: AdapterRegistry | None = N
         "resumed_from_step": _checkpoint_step(checkpoint) if checkpoint else None,
     }
     if eval_set:
-        metrics["eval_loss"] = round(float(trainer.evaluate()["eval_loss"]), 4)
+        # Trainer evaluates at the last step itself; a second pass would cost as much again.
+        final = [h["eval_loss"] for h in trainer.state.log_history
+                 if "eval_loss" in h and h.get("step") == trainer.state.global_step]
+        loss = final[-1] if final else trainer.evaluate()["eval_loss"]
+        metrics["eval_loss"] = round(float(loss), 4)
     train_tokens = sum(len(e["input_ids"]) for e in train_set)
     # Each optimizer step consumes batch x accumulation examples in every process.
     epochs_done = (metrics["steps"] * config.batch_size * config.grad_accum
