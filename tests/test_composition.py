@@ -302,12 +302,13 @@ def test_agent_retrieval_returns_k_distinct_sources(real_store: KnowledgeStore) 
                          [*({"source": "engine", "title": "Analytical Engine"} for _ in chunks),
                           {"source": "byron"}, {"source": "ada"}, {"source": "thames"}])
     query = "Who designed the Analytical Engine?"
-    plain = real_store.retrieve(query, 3)
-    assert [h.source for h in plain[:2]] == ["engine"] * 2  # the store still ranks chunks
+    plain = real_store.retrieve(query, 4)
+    # The store still ranks chunks: its top 4 repeat a source.
+    assert len({h.source for h in plain}) < len(plain)
     assert len(real_store.similarity_search(query, k=3)) == 3  # the VectorStore contract holds
     distinct = retrieve_sources(real_store, query, 3)
     assert len(distinct) == 3 and len({h.source for h in distinct}) == 3
     assert distinct[0].id == plain[0].id  # a source keeps its best chunk, at its rank
     assert len(retrieve_sources(real_store, query, 10)) == 4  # only four sources exist
     collapsed = collapse_sources(plain)
-    assert collapsed[0] == plain[0] and len(collapsed) == len({h.source for h in plain}) < 3
+    assert collapsed[0] == plain[0] and len(collapsed) == len({h.source for h in plain})

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import uuid
 from typing import Any
 
 import numpy as np
@@ -21,7 +22,8 @@ def test_router_and_retrieval_share_one_embedding(embedder: Any,
         return encode(texts, *args, **kwargs)
 
     monkeypatch.setattr(model, "encode", counting_encode)
-    question = "Which river flows through the city where Ada Lovelace was born?"
+    # A question no other test embeds: the embedder (session-scoped) keeps recent questions.
+    question = f"Which river flows through the city where Ada Lovelace was born? {uuid.uuid4()}"
     routed = embed_questions(embedder, [question])[0]
     retrieved = np.asarray(embedder.embed_query(question), dtype=np.float32)
     assert calls == [1]

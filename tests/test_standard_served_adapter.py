@@ -76,12 +76,17 @@ class TestServedAdapterUnit(_Served, ChatModelUnitTests):
         return {"base_url": self.base_url, "served_name": "reader", "task": "reader"}
 
 
+@pytest.fixture(scope="module")
+def peer_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """The API root of the peer server, started once for the module."""
+    with served_peer(tmp_path_factory.mktemp("served-suite")) as peer:
+        yield peer["base_url"]
+
+
 @pytest.mark.skipif(not llama_cpp_available(), reason="llama-cpp-python is not installed")
 class TestServedAdapterIntegration(_Served, ChatModelIntegrationTests):
     """invoke, stream, batch, conversations, stop sequences and usage, sync and async."""
 
-    @pytest.fixture(autouse=True, scope="class")
-    def _peer(self, tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
-        with served_peer(tmp_path_factory.mktemp("served-suite")) as peer:
-            type(self).base_url = peer["base_url"]
-            yield
+    @pytest.fixture(autouse=True)
+    def _bind_peer(self, peer_url: str) -> None:
+        self.base_url = peer_url
