@@ -17,8 +17,12 @@ import sys
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
+
+if TYPE_CHECKING:
+    from ragtune.agents.routing.decision import RouteDecision
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 TOY_DATA = REPO_ROOT / "tests" / "data"
@@ -134,3 +138,10 @@ def cli_env(ragtune_home: Path) -> dict[str, str]:
 def ragtune_cmd(*args: str) -> list[str]:
     """Return the argv that runs the CLI with this interpreter."""
     return [sys.executable, "-m", "ragtune.cli", *args]
+
+
+def scripted_decision(action: str) -> RouteDecision:
+    """The decision a scripted test router returns: `action`, by policy "scripted"."""
+    from ragtune.agents.routing.decision import RouteDecision
+
+    return RouteDecision(action, policy="scripted", reason="test script")

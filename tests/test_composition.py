@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import math
 import re
-from dataclasses import dataclass, field
 from typing import Any
 
 import pytest
@@ -27,7 +26,9 @@ from ragtune.agents.composition import (
     question_shape,
     sortable_value,
 )
+from ragtune.agents.routing.decision import RouteDecision
 from ragtune.tools.store import KnowledgeStore
+from tests.conftest import scripted_decision
 
 PARAGRAPHS = {
     "babbage": ("Charles Babbage", "Charles Babbage (26 December 1791 - 18 October 1871) was an "
@@ -82,16 +83,6 @@ class KeyedReader(BaseChatModel):
         return sum(marker in p for p in self.prompts)
 
 
-@dataclass
-class Decision:
-    action: str
-    policy: str = "scripted"
-    reason: str = "test script"
-    scores: dict[str, float] = field(default_factory=dict)
-    fallback: bool = False
-    elapsed_ms: float = 0.0
-
-
 class FixedRouter:
     """Routes every question to `first` and every sub-question to retrieval."""
 
@@ -99,8 +90,8 @@ class FixedRouter:
         self.first = first
 
     def route(self, question: str, *, allowed: Any = ("retrieve", "decompose", "specialist")
-              ) -> Decision:
-        return Decision(self.first if "decompose" in allowed else "retrieve")
+              ) -> RouteDecision:
+        return scripted_decision(self.first if "decompose" in allowed else "retrieve")
 
 
 @pytest.fixture

@@ -8,7 +8,6 @@ since these tests are about control flow, not ranking).
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -16,8 +15,10 @@ import pytest
 from langchain_core.language_models.fake_chat_models import FakeListChatModel
 
 from ragtune.agent import Agent
+from ragtune.agents.routing.decision import RouteDecision
 from ragtune.errors import ConfigError, DatabaseError, InputError
 from ragtune.tools.store import KnowledgeStore
+from tests.conftest import scripted_decision
 
 SNAPSHOT = Path(__file__).parent / "snapshots" / "orchestrator.mmd"
 CHAIN = ["route", "retrieve_links", "decompose", "solve #1", "solve #2", "answer"]
@@ -30,16 +31,6 @@ PARAGRAPHS = {
 }
 
 
-@dataclass
-class Decision:
-    action: str
-    policy: str = "scripted"
-    reason: str = "test script"
-    scores: dict[str, float] = field(default_factory=dict)
-    fallback: bool = False
-    elapsed_ms: float = 0.0
-
-
 class ScriptedRouter:
     """Routes the question to `first`, and sub-questions to `sub` (both fixed)."""
 
@@ -49,9 +40,9 @@ class ScriptedRouter:
         self.first, self.sub, self.calls = first, sub, []  # type: ignore[var-annotated]
 
     def route(self, question: str, *, allowed: Any = ("retrieve", "decompose", "specialist")
-              ) -> Decision:
+              ) -> RouteDecision:
         self.calls.append((question, tuple(allowed)))
-        return Decision(self.first if "decompose" in allowed else self.sub)
+        return scripted_decision(self.first if "decompose" in allowed else self.sub)
 
 
 @pytest.fixture

@@ -8,7 +8,6 @@ these tests are about control flow, not ranking).
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from typing import Any
 
 import pytest
@@ -18,18 +17,10 @@ from langchain_core.language_models.fake_chat_models import FakeListChatModel
 from ragtune.agent import Agent
 from ragtune.agents.context import Context
 from ragtune.agents.evidence import distinct_sources, rewrite_stalled
+from ragtune.agents.routing.decision import RouteDecision
 from ragtune.graphs.routing import SINGLE_HOP_MAX_RETRIEVALS, after_check
 from ragtune.tools.store import KnowledgeStore
-
-
-@dataclass
-class Decision:
-    action: str
-    policy: str = "scripted"
-    reason: str = "test script"
-    scores: dict[str, float] = field(default_factory=dict)
-    fallback: bool = False
-    elapsed_ms: float = 0.0
+from tests.conftest import scripted_decision
 
 
 class SingleHopRouter:
@@ -37,8 +28,8 @@ class SingleHopRouter:
 
     policy = "scripted"
 
-    def route(self, question: str, *, allowed: Any = ("retrieve",)) -> Decision:
-        return Decision("retrieve")
+    def route(self, question: str, *, allowed: Any = ("retrieve",)) -> RouteDecision:
+        return scripted_decision("retrieve")
 
 
 def agent_over(store: KnowledgeStore, **context: Any) -> Agent:
