@@ -22,6 +22,7 @@ from __future__ import annotations
 import math
 import os
 from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from typing import Any
 
 from langchain_core.callbacks import AsyncCallbackManagerForLLMRun, CallbackManagerForLLMRun
@@ -139,99 +140,92 @@ class ServedAdapterModel(BaseChatModel):
                 "total_tokens": int(usage.get("total_tokens", 0))}
         return ChatResult(generations=[ChatGeneration(message=message)])
 
-    def _generate(self, messages: list[BaseMessage], stop: list[str] | None = None,
-                  run_manager: CallbackManagerForLLMRun | None = None,
-                  **kwargs: Any) -> ChatResult:
+    @contextmanager
+    def _reaching(self) -> Iterator[None]:
+        """Turn a transport failure (refused, timed out, cut off) into a `ConfigError`."""
         import httpx
 
-        url, body, headers = self._request(messages, stop, kwargs)
-        transport = httpx.HTTPTransport(retries=self.max_retries)
         try:
-            with httpx.Client(transport=transport, timeout=self.timeout) as client:
-                if not self._listed:
-                    self._check_listed(client.get(url.replace("/completions", "/models"),
-                                                  headers=headers))
-                reply = client.post(url, json=body, headers=headers)
+            yield
         except httpx.HTTPError as exc:
             raise ConfigError(f"Cannot reach the adapter server at {self.base_url}: "
                               f"{type(exc).__name__}") from exc
-        return self._result(reply)
+
+    def _client(self) -> Any:
+        import httpx
+
+        return httpx.Client(transport=httpx.HTTPTransport(retries=self.max_retries),
+                            timeout=self.timeout)
+
+    def _aclient(self) -> Any:
+        import httpx
+
+        return httpx.AsyncClient(transport=httpx.AsyncHTTPTransport(retries=self.max_retries),
+                                 timeout=self.timeout)
+
+    def _models_url(self) -> str:
+        return f"{self.base_url.rstrip('/')}/models"
+
+    def _generate(self, messages: list[BaseMessage], stop: list[str] | None = None,
+                  run_manager: CallbackManagerForLLMRun | None = None,
+                  **kwargs: Any) -> ChatResult:
+        url, body, headers = self._request(messages, stop, kwargs)
+        with self._reaching(), self._client() as client:
+            if not self._listed:
+                self._check_listed(client.get(self._models_url(), headers=headers))
+            return self._result(client.post(url, json=body, headers=headers))
+
+    async def _agenerate(self, messages: list[BaseMessage], stop: list[str] | None = None,
+                         run_manager: AsyncCallbackManagerForLLMRun | None = None,
+                         **kwargs: Any) -> ChatResult:
+        url, body, headers = self._request(messages, stop, kwargs)
+        with self._reaching():
+            async with self._aclient() as client:
+                if not self._listed:
+                    self._check_listed(await client.get(self._models_url(), headers=headers))
+                return self._result(await client.post(url, json=body, headers=headers))
 
     def _stream(self, messages: list[BaseMessage], stop: list[str] | None = None,
                 run_manager: CallbackManagerForLLMRun | None = None,
                 **kwargs: Any) -> Iterator[ChatGenerationChunk]:
-        import httpx
-
         url, body, headers = self._request(messages, stop, kwargs)
         body.update(stream=True, stream_options={"include_usage": True})
         state = _StreamState()
-        transport = httpx.HTTPTransport(retries=self.max_retries)
-        try:
-            with httpx.Client(transport=transport, timeout=self.timeout) as client:
-                if not self._listed:
-                    self._check_listed(client.get(url.replace("/completions", "/models"),
-                                                  headers=headers))
-                with client.stream("POST", url, json=body, headers=headers) as reply:
-                    if reply.status_code != 200:
-                        reply.read()
-                        self._result(reply)  # raises with the server's words
-                    for line in reply.iter_lines():
-                        chunk = state.chunk(line)
-                        if chunk is not None:
-                            if run_manager:
-                                run_manager.on_llm_new_token(chunk.text, chunk=chunk)
-                            yield chunk
-        except httpx.HTTPError as exc:
-            raise ConfigError(f"Cannot reach the adapter server at {self.base_url}: "
-                              f"{type(exc).__name__}") from exc
+        with self._reaching(), self._client() as client:
+            if not self._listed:
+                self._check_listed(client.get(self._models_url(), headers=headers))
+            with client.stream("POST", url, json=body, headers=headers) as reply:
+                if reply.status_code != 200:
+                    reply.read()
+                    self._result(reply)  # raises with the server's words
+                for chunk in filter(None, map(state.chunk, reply.iter_lines())):
+                    if run_manager:
+                        run_manager.on_llm_new_token(chunk.text, chunk=chunk)
+                    yield chunk
         yield state.last(self.served_name)
 
     async def _astream(self, messages: list[BaseMessage], stop: list[str] | None = None,
                        run_manager: AsyncCallbackManagerForLLMRun | None = None,
                        **kwargs: Any) -> AsyncIterator[ChatGenerationChunk]:
-        import httpx
-
         url, body, headers = self._request(messages, stop, kwargs)
         body.update(stream=True, stream_options={"include_usage": True})
         state = _StreamState()
-        transport = httpx.AsyncHTTPTransport(retries=self.max_retries)
-        try:
-            async with httpx.AsyncClient(transport=transport, timeout=self.timeout) as client:
+        with self._reaching():
+            async with self._aclient() as client:
                 if not self._listed:
-                    self._check_listed(await client.get(url.replace("/completions", "/models"),
-                                                        headers=headers))
+                    self._check_listed(await client.get(self._models_url(), headers=headers))
                 async with client.stream("POST", url, json=body, headers=headers) as reply:
                     if reply.status_code != 200:
                         await reply.aread()
                         self._result(reply)
                     async for line in reply.aiter_lines():
                         chunk = state.chunk(line)
-                        if chunk is not None:
-                            if run_manager:
-                                await run_manager.on_llm_new_token(chunk.text, chunk=chunk)
-                            yield chunk
-        except httpx.HTTPError as exc:
-            raise ConfigError(f"Cannot reach the adapter server at {self.base_url}: "
-                              f"{type(exc).__name__}") from exc
+                        if chunk is None:
+                            continue
+                        if run_manager:
+                            await run_manager.on_llm_new_token(chunk.text, chunk=chunk)
+                        yield chunk
         yield state.last(self.served_name)
-
-    async def _agenerate(self, messages: list[BaseMessage], stop: list[str] | None = None,
-                         run_manager: AsyncCallbackManagerForLLMRun | None = None,
-                         **kwargs: Any) -> ChatResult:
-        import httpx
-
-        url, body, headers = self._request(messages, stop, kwargs)
-        transport = httpx.AsyncHTTPTransport(retries=self.max_retries)
-        try:
-            async with httpx.AsyncClient(transport=transport, timeout=self.timeout) as client:
-                if not self._listed:
-                    self._check_listed(await client.get(url.replace("/completions", "/models"),
-                                                        headers=headers))
-                reply = await client.post(url, json=body, headers=headers)
-        except httpx.HTTPError as exc:
-            raise ConfigError(f"Cannot reach the adapter server at {self.base_url}: "
-                              f"{type(exc).__name__}") from exc
-        return self._result(reply)
 
 
 class _StreamState:
