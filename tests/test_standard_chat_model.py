@@ -18,6 +18,7 @@ from langchain_tests.integration_tests import ChatModelIntegrationTests
 from langchain_tests.unit_tests import ChatModelUnitTests
 
 from ragtune.agents.local_model import LocalCausalLM, LocalChatModel
+from tests.base_model_features import BaseModelFeatures
 from tests.tiny_lm import build_tiny_lm
 
 # The suite's async tests are unmarked coroutines (its own packages run pytest-asyncio in auto
@@ -37,7 +38,7 @@ def tiny_runtime(tmp_path_factory: pytest.TempPathFactory) -> LocalCausalLM:
     return LocalCausalLM.from_directory(Path(folder), model_id=TINY_MODEL_ID)
 
 
-class _TinyLocalModel:
+class _TinyLocalModel(BaseModelFeatures):
     """What both suites share: the class, its runtime, and what a base model lacks (a mixin)."""
 
     @pytest.fixture(autouse=True)
@@ -52,31 +53,6 @@ class _TinyLocalModel:
     def chat_model_params(self) -> dict[str, Any]:
         # Few tokens: the random model never stops on its own, and the suite calls it often.
         return {"runtime": self.runtime, "model": TINY_MODEL_ID, "max_new_tokens": 24}
-
-    @property
-    def has_tool_calling(self) -> bool:
-        return False
-
-    @property
-    def has_tool_choice(self) -> bool:
-        return False
-
-    @property
-    def has_structured_output(self) -> bool:
-        return False
-
-    @property
-    def supports_json_mode(self) -> bool:
-        return False
-
-    @property
-    def supports_model_override(self) -> bool:
-        # One instance runs the weights of its runtime; a call naming others is refused.
-        return False
-
-    @property
-    def returns_usage_metadata(self) -> bool:
-        return True
 
 
 class TestLocalChatModelUnit(_TinyLocalModel, ChatModelUnitTests):

@@ -19,6 +19,7 @@ from langchain_tests.unit_tests import ChatModelUnitTests
 
 from ragtune.agents.llama_cpp_model import llama_cpp_available
 from ragtune.agents.served_adapters import ServedAdapterModel
+from tests.base_model_features import BaseModelFeatures
 from tests.served_peer import served_peer
 
 pytestmark = [
@@ -28,7 +29,7 @@ pytestmark = [
 GREEDY = {"repeat_penalty": 1.0}
 
 
-class _Served:
+class _Served(BaseModelFeatures):
     """What both suites share: the class and what a served base-model adapter lacks."""
 
     base_url = "http://127.0.0.1:9/v1"
@@ -42,30 +43,6 @@ class _Served:
         # Few tokens: the random model never stops on its own, and the suite calls it often.
         return {"base_url": self.base_url, "served_name": "reader", "task": "reader",
                 "max_tokens": 16, "extra_body": GREEDY}
-
-    @property
-    def has_tool_calling(self) -> bool:
-        return False
-
-    @property
-    def has_tool_choice(self) -> bool:
-        return False
-
-    @property
-    def has_structured_output(self) -> bool:
-        return False
-
-    @property
-    def supports_json_mode(self) -> bool:
-        return False
-
-    @property
-    def supports_model_override(self) -> bool:
-        return False
-
-    @property
-    def returns_usage_metadata(self) -> bool:
-        return True
 
 
 class TestServedAdapterUnit(_Served, ChatModelUnitTests):
