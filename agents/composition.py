@@ -104,6 +104,17 @@ class Composed:
     reason: str
 
 
+def decided_by_rule(shape: QuestionShape) -> bool:
+    """Whether code decides `shape`'s answer from one sub-answer per entity.
+
+    True for comparisons of dates or quantities and for "same"/"both" questions on two entities:
+    the orchestrator decomposes those by rule whatever the router says, without a read-first
+    guess, because the reader's one-shot answer to them is a coin toss between the two (or a third
+    entity it read about), while the rule compares what each sub-question found.
+    """
+    return bool(shape.sub_questions) and bool(shape.order or shape.relation)
+
+
 def question_shape(question: str) -> QuestionShape:
     """Return the shape of `question` (see the module docstring)."""
     text = " ".join(question.split()).strip()

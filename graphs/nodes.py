@@ -18,6 +18,7 @@ from langchain_core.documents import Document
 from langgraph.runtime import Runtime
 from langgraph.types import Overwrite
 
+from ragtune.agents.composition import decided_by_rule, question_shape
 from ragtune.agents.context import Context
 from ragtune.errors import InputError
 from ragtune.graphs.resources import Resources
@@ -86,6 +87,12 @@ class OrchestratorNodes:
         question = validate_question(state.get("question"), ctx.max_question_chars)
         router = self.resources.router(ctx)
         decision = router.route(question)
+        shape = question_shape(question)
+        if decision.action == "retrieve" and decided_by_rule(shape):
+            decision = dataclasses.replace(
+                decision, action="decompose",
+                reason=f"{shape.kind} of {' and '.join(shape.candidates)}: one sub-question each, "
+                       f"answer decided by rule; router said retrieve ({decision.reason})")
         domain = self._domain_match(question, ctx) if decision.action != "specialist" else None
         if domain is not None:
             name, similarity = domain

@@ -12,6 +12,7 @@ from typing import Any, Literal
 
 from langgraph.types import Send
 
+from ragtune.agents.composition import decided_by_rule, question_shape
 from ragtune.agents.context import Context
 from ragtune.agents.decomposer import resolve_references
 from ragtune.graphs.state import AgentState, SolveState
@@ -58,7 +59,11 @@ def after_route(state: AgentState) -> Literal["retrieve", "retrieve_links", "spe
 
 
 def after_links(state: AgentState, context: Context) -> Literal["read_first", "decompose"]:
-    """Try a read-first answer before decomposing, unless the context turns that off."""
+    """Try a read-first answer before decomposing, unless the context turns that off or the
+    question's answer is decided by rule from one sub-question per entity (a comparison of dates
+    or quantities, a "same"/"both" question)."""
+    if decided_by_rule(question_shape(state.get("question") or "")):
+        return "decompose"
     return "read_first" if context.read_first else "decompose"
 
 

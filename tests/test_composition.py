@@ -222,16 +222,30 @@ def test_a_comparison_answers_one_of_its_candidates_and_cites_both(store: Knowle
 
 
 def test_a_third_entity_is_never_the_answer_on_any_route(store: KnowledgeStore) -> None:
-    model = KeyedReader(answers={BORN_FIRST: "Ada Lovelace"}, default="Ada Lovelace")
+    shrub = "Which is a shrub, Mimosa or Cryptocoryne?"  # no rule decides it: the reader does
+    model = KeyedReader(answers={shrub: "Acacia"}, default="Acacia")
     for route in ("retrieve", "specialist", "decompose"):
-        answer = ask(store, model, BORN_FIRST, route=route, evidence_threshold=0.0)
-        assert answer.text in ("Charles Babbage", "Lord Byron"), route
+        answer = ask(store, model, shrub, route=route, evidence_threshold=0.0)
+        assert answer.text in ("Mimosa", "Cryptocoryne"), route
     # A confident read-first answer that names neither candidate is set aside: decompose.
-    model = KeyedReader(answers={BORN_FIRST: "Ada Lovelace", "Charles Babbage": "1791",
-                                 "Lord Byron": "1788"}, confidence=0.95)
-    answer = ask(store, model, BORN_FIRST, read_first=True, read_first_confidence=0.5)
+    model = KeyedReader(answers={shrub: "Acacia", "Is Mimosa": "yes", "Is Cryptocoryne": "no"},
+                        confidence=0.95)
+    answer = ask(store, model, shrub, read_first=True, read_first_confidence=0.5)
     read = next(e for e in answer.trace if e["node"] == "read_first")
     assert read["decision"] == "decompose" and "does not fit" in read["reason"]
+    assert answer.text == "Mimosa"
+
+
+def test_a_comparison_a_rule_decides_is_decomposed_whatever_the_router_says(
+        store: KnowledgeStore) -> None:
+    model = KeyedReader(answers={BORN_FIRST: "Ada Lovelace", "Charles Babbage": "1791",
+                                 "Lord Byron": "1788"}, confidence=0.95)
+    answer = ask(store, model, BORN_FIRST, route="retrieve", read_first=True,
+                 read_first_confidence=0.5)
+    first = answer.trace[0]
+    assert first["decision"] == "decompose"
+    assert "decided by rule; router said retrieve" in first["reason"]
+    assert not any(e["node"] == "read_first" for e in answer.trace)  # no one-shot guess
     assert answer.text == "Lord Byron"
 
 
