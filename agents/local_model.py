@@ -32,9 +32,15 @@ from langchain_core.messages.ai import UsageMetadata
 from langchain_core.outputs import ChatGeneration, ChatGenerationChunk, ChatResult
 from pydantic import ConfigDict, Field, model_validator
 
+from ragtune.agents.batching import BatcherStats, CallBatcher
+from ragtune.agents.merged_lora import MergedAdapters, merge_enabled
 from ragtune.errors import ConfigError
 
 FinishReason = Literal["stop", "length"]
+
+
+MAX_BATCH = 8
+"""The most queued calls one batched generation takes (see `LocalCausalLM.complete`)."""
 
 
 @dataclass(frozen=True)
@@ -233,6 +239,11 @@ class LocalCausalLM:
         self.fingerprint = fingerprint
         self._lock = threading.Lock()
         self._adapters: set[str] = set()
+        self._merged: MergedAdapters | None = MergedAdapters() if merge_enabled() else None
+        self._batcher: CallBatcher[tuple[str | None, GenerationSettings], Completion] = \
+            CallBatcher(lambda prompt, key: self._complete_one(prompt, key[1], key[0]),
+                        lambda prompts, key: self.complete_batch(prompts, key[1], key[0]),
+                        max_batch=MAX_BATCH)
 
     @classmethod
     def from_directory(
@@ -260,10 +271,13 @@ class LocalCausalLM:
         return cls(model, tokenizer, model_id=model_id, fingerprint=fingerprint)
 
     def close(self) -> None:
-        """Drop the model and tokenizer so their memory can be freed."""
+        """Drop the model and tokenizer so their memory can be freed (queued calls fail)."""
+        self._batcher.close()
         with self._lock:
             self.model = None
             self.tokenizer = None
+            if self._merged is not None:
+                self._merged.forget()
 
     @property
     def adapters(self) -> frozenset[str]:
@@ -291,11 +305,30 @@ class LocalCausalLM:
                 self.model.load_adapter(str(path), adapter_name=key, is_trainable=False)
             self.model.eval()
             self._adapters.add(key)
+            if self._merged is not None:
+                self._merged.forget()  # the adapted layers may have changed
             return time.perf_counter() - started
 
     def complete(self, prompt: str, settings: GenerationSettings,
                  adapter: str | None = None) -> Completion:
-        """Generate a continuation of `prompt` (with the loaded adapter `adapter`, or none)."""
+        """Generate a continuation of `prompt` (with the loaded adapter `adapter`, or none).
+
+        Calls that arrive while the model is busy, with the same adapter and settings (e.g. the
+        sub-questions of one decomposition, answered in parallel), run as one batch when it frees
+        up (`ragtune.agents.batching.CallBatcher`); a call that finds the model idle runs at once.
+        `settings.timeout` bounds the wait for the model plus the generation.
+        """
+        if self.model is None:
+            raise RuntimeError(f"The local model {self.model_id} has been closed.")
+        return self._batcher.submit(prompt, (adapter, settings), timeout=settings.timeout)
+
+    @property
+    def batch_stats(self) -> BatcherStats:
+        """How many calls ran batched with others so far (for benchmarks and traces)."""
+        return self._batcher.stats()
+
+    def _complete_one(self, prompt: str, settings: GenerationSettings,
+                      adapter: str | None = None) -> Completion:
         inputs = self._encode(prompt)
         prompt_length = int(inputs["input_ids"].shape[1])
         output = self._generate(inputs, settings, threading.Event(), adapter=adapter,
@@ -330,7 +363,13 @@ class LocalCausalLM:
 
     def complete_batch(self, prompts: Sequence[str], settings: GenerationSettings,
                        adapter: str | None = None) -> list[Completion]:
-        """Generate continuations of several prompts in one left-padded batch (for throughput)."""
+        """Generate continuations of several prompts in one left-padded batch (for throughput).
+
+        Each completion is what `complete` would return for its prompt (the same greedy tokens up
+        to float rounding, the same usage counts and mean log-probability).
+        """
+        if len(prompts) == 1:
+            return [self._complete_one(prompts[0], settings, adapter)]
         if self.model is None:
             raise RuntimeError(f"The local model {self.model_id} has been closed.")
         side = self.tokenizer.padding_side
@@ -341,18 +380,36 @@ class LocalCausalLM:
             self.tokenizer.padding_side = side
         inputs = inputs.to(self.model.device)
         width = int(inputs["input_ids"].shape[1])
-        output = self._generate(inputs, settings, threading.Event(), adapter=adapter)
+        output = self._generate(inputs, settings, threading.Event(), adapter=adapter,
+                                scores=True)
         results = []
-        for row, mask in zip(output, inputs["attention_mask"], strict=True):
-            new_ids = row[width:]
-            eos = self.tokenizer.eos_token_id
-            pad = self.tokenizer.pad_token_id
-            generated = int(((new_ids != pad) & (new_ids != eos)).sum()) + 1
+        for index, (row, mask) in enumerate(zip(output.sequences, inputs["attention_mask"],
+                                                strict=True)):
+            new_ids = self._own_tokens(row[width:])
             text_filter = StopSequenceFilter(settings.stop, strip=settings.strip)
             text = text_filter.apply(self.tokenizer.decode(new_ids, skip_special_tokens=True))
-            results.append(self._completion(text, int(mask.sum()), min(generated, len(new_ids)),
-                                            settings, text_filter.stopped))
+            completion = self._completion(text, int(mask.sum()), len(new_ids), settings,
+                                          text_filter.stopped)
+            rows = [step[index : index + 1] for step in output.scores]
+            results.append(dataclasses.replace(completion, mean_logprob=self._mean_logprob(
+                new_ids, rows, text_filter.stopped)))
         return results
+
+    def _own_tokens(self, new_ids: Any) -> Any:
+        """A batch row's generated tokens, without the padding added after the row finished.
+
+        A row ends at its first end-of-sequence token (kept, as `complete` keeps it) or, when a
+        stop sequence ended it, where the padding that filled its place in the batch begins.
+        """
+        ids = [int(t) for t in new_ids]
+        eos, pad = self.tokenizer.eos_token_id, self.tokenizer.pad_token_id
+        end = len(ids)
+        if eos is not None and eos in ids:
+            end = ids.index(eos) + 1
+        if pad is not None and pad != eos:
+            while end > 0 and ids[end - 1] == pad:
+                end -= 1
+        return new_ids[:end]
 
     def stream(
         self, prompt: str, settings: GenerationSettings, cancel: threading.Event | None = None,
@@ -473,6 +530,9 @@ class LocalCausalLM:
             yield
         elif adapter is None:
             with self.model.disable_adapter():
+                yield
+        elif self._merged is not None and self._merged.can_merge(self.model, adapter):
+            with self._merged.activate(self.model, adapter):
                 yield
         else:
             self.model.set_adapter(adapter)
