@@ -217,7 +217,7 @@ def test_least_recently_used_prefix_is_dropped(llama: Any, tokenizer: Any) -> No
     assert cache.misses == 5
 
 
-def test_not_worth_it_returns_none_without_running_the_model(llama: Any, tokenizer: Any) -> None:
+def test_too_short_prefixes_and_batches_get_none(llama: Any, tokenizer: Any) -> None:
     cache = PrefixCache(min_tokens=8)
     ids = encode(tokenizer, PREFIX + QUESTIONS[0])["input_ids"]
     with torch.inference_mode():
