@@ -34,6 +34,7 @@ from pydantic import ConfigDict, Field, model_validator
 
 from ragtune.agents.batching import BatcherStats, CallBatcher
 from ragtune.agents.merged_lora import MergedAdapters, merge_enabled
+from ragtune.agents.prefix_cache import PrefixCache, prefix_cache_enabled
 from ragtune.errors import ConfigError
 
 FinishReason = Literal["stop", "length"]
@@ -240,6 +241,9 @@ class LocalCausalLM:
         self._lock = threading.Lock()
         self._adapters: set[str] = set()
         self._merged: MergedAdapters | None = MergedAdapters() if merge_enabled() else None
+        self._prefix_cache: PrefixCache | None = (
+            PrefixCache(boundaries=_line_break_tokens(tokenizer)) if prefix_cache_enabled()
+            else None)
         self._batcher: CallBatcher[tuple[str | None, GenerationSettings], Completion] = \
             CallBatcher(lambda prompt, key: self._complete_one(prompt, key[1], key[0]),
                         lambda prompts, key: self.complete_batch(prompts, key[1], key[0]),
@@ -278,6 +282,8 @@ class LocalCausalLM:
             self.tokenizer = None
             if self._merged is not None:
                 self._merged.forget()
+            if self._prefix_cache is not None:
+                self._prefix_cache.clear()
 
     @property
     def adapters(self) -> frozenset[str]:
@@ -307,6 +313,8 @@ class LocalCausalLM:
             self._adapters.add(key)
             if self._merged is not None:
                 self._merged.forget()  # the adapted layers may have changed
+            if self._prefix_cache is not None:
+                self._prefix_cache.clear()  # the first adapter replaces the model object
             return time.perf_counter() - started
 
     def complete(self, prompt: str, settings: GenerationSettings,
@@ -504,8 +512,12 @@ class LocalCausalLM:
                                f"for the whole {settings.timeout:g} s timeout")
         try:
             with torch.inference_mode(), self._activate(adapter):
+                cached = ({} if self._prefix_cache is None else
+                          self._prefix_cache.generate_kwargs(self.model, inputs["input_ids"],
+                                                             None, adapter))
                 output = self.model.generate(
                     **inputs,
+                    **cached,
                     max_new_tokens=settings.max_new_tokens,
                     stopping_criteria=StoppingCriteriaList([criterion]),
                     streamer=streamer,
@@ -812,6 +824,16 @@ class LocalChatModel(BaseChatModel):
         if completion.mean_logprob is not None:
             metadata["mean_logprob"] = completion.mean_logprob
         return metadata
+
+
+def _line_break_tokens(tokenizer: Any) -> frozenset[int]:
+    """Ids of the tokens that end a line, where a prompt's fixed parts usually end."""
+    ids: set[int] = set()
+    for text in ("\n", "\n\n", "\n\n\n", ".\n", ":\n", ".\n\n"):
+        encoded = tokenizer(text, add_special_tokens=False)["input_ids"]
+        if encoded:
+            ids.add(int(encoded[-1]))
+    return frozenset(ids)
 
 
 def _usage(completion: Completion) -> UsageMetadata:

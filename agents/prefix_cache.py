@@ -1,10 +1,12 @@
 """Reuse the KV cache of a prompt's fixed prefix (instructions, few-shot examples) across calls.
 
-Most prompts ragtune sends to the local model start with the same few hundred tokens; only the
-question and its passages change. `PrefixCache` runs the model over such a prefix once per adapter
-and hands `generate` a copy of the resulting cache, so each call prefills only the rest of its
-prompt. The caller passes the FULL `input_ids` and `attention_mask` along with the copy;
-transformers sees how many tokens the cache holds and feeds the model only the remainder.
+Prompts often share their start: a chat prompt's system message and few-shot examples, or the same
+passages read again for a later step of one question. `PrefixCache` runs the model over such a
+prefix once per adapter and hands `generate` a copy of the resulting cache, so each call prefills
+only the rest of its prompt. `LocalCausalLM` uses its automatic mode: the longest start a prompt
+shares with one of the last few prompts under the same adapter (at least `min_tokens` tokens).
+The caller passes the FULL `input_ids` and `attention_mask` along with the copy; transformers
+sees how many tokens the cache holds and feeds the model only the remainder.
 
 An entry is keyed by the model object, a caller's key (the adapter name, or None for the base
 weights) and the exact prefix token ids, so a hit can only ever reuse states computed from the same
@@ -32,6 +34,17 @@ _RECENT_PROMPTS = 4
 """Prompts remembered per key in automatic mode, to find the prefix the next prompt shares."""
 
 
+PREFIX_CACHE_ENV = "RAGTUNE_PREFIX_CACHE"
+"""Set to 0 to prefill every prompt whole, e.g. to compare the two in a benchmark."""
+
+
+def prefix_cache_enabled() -> bool:
+    """Whether local transformers models reuse prompt prefixes (`RAGTUNE_PREFIX_CACHE`; on)."""
+    import os
+
+    return os.environ.get(PREFIX_CACHE_ENV, "1").strip().lower() not in {"0", "false", "no", "off"}
+
+
 class PrefixCache:
     """KV caches of fixed prompt prefixes, per model and adapter, reused across calls (LRU).
 
@@ -45,8 +58,17 @@ class PrefixCache:
         misses: Prefix caches computed (each is stored and also serves the call that computed it).
     """
 
-    def __init__(self, *, max_entries: int = 8, min_tokens: int = 16) -> None:
+    def __init__(self, *, max_entries: int = 8, min_tokens: int = 16,
+                 boundaries: frozenset[int] = frozenset()) -> None:
         """Create an empty cache.
+
+        Args:
+            max_entries: Prefix caches kept (least recently used dropped first).
+            min_tokens: The shortest prefix worth caching.
+            boundaries: Token ids that end a fixed part (line breaks). In automatic mode the
+                shared start of two prompts is cut back to just after its last boundary token,
+                so prompts whose variable parts happen to begin alike ("When ...", "Where ...")
+                still find the one entry of their common fixed part.
 
         Raises:
             ValueError: `max_entries` or `min_tokens` is below 1.
@@ -56,6 +78,7 @@ class PrefixCache:
                              f"{max_entries} and {min_tokens}.")
         self.max_entries = max_entries
         self.min_tokens = min_tokens
+        self.boundaries = boundaries
         self.hits = 0
         self.misses = 0
         self._entries: OrderedDict[tuple[int, Hashable, tuple[int, ...]], Any] = OrderedDict()
@@ -148,6 +171,9 @@ class PrefixCache:
         shared = max((_common_length(ids, earlier) for earlier in recent), default=0)
         recent.append(ids)
         length = min(shared, usable)
+        cut = next((end for end in range(length, self.min_tokens - 1, -1)
+                    if ids[end - 1] in self.boundaries), None)
+        length = cut if cut is not None else length
         return ids[:length] if length >= self.min_tokens else None
 
 

@@ -186,3 +186,29 @@ def _wait_until(condition: Any, timeout: float = 30.0) -> None:
     while not condition():
         assert time.monotonic() < deadline, "condition never held"
         time.sleep(0.001)
+
+
+# ---- prefix reuse inside LocalCausalLM ----
+
+SHARED = ("[1] Ada Lovelace: Ada Lovelace was an English mathematician born in London in 1815. "
+          "[2] Uppsala University was founded in 1477.\n\n")
+
+
+@pytest.mark.parametrize("adapter", [None, "a"])
+def test_prompts_sharing_a_start_reuse_its_cache_and_give_the_same_tokens(
+        tiny: dict[str, Path], monkeypatch: pytest.MonkeyPatch, adapter: str | None) -> None:
+    from ragtune.agents.prefix_cache import PREFIX_CACHE_ENV
+
+    questions = ["Question: When was it founded?\nAnswer:",
+                 "Question: Where was Ada Lovelace born?\nAnswer:",
+                 "Question: Which river flows through London?\nAnswer:"]
+    prompts = [SHARED + q for q in questions]
+    monkeypatch.setenv(PREFIX_CACHE_ENV, "0")
+    plain = _runtime(tiny, monkeypatch, merge=True, adapters=("a",))
+    expected = [plain.complete(p, SETTINGS, adapter=adapter).text for p in prompts]
+    assert plain._prefix_cache is None
+    monkeypatch.setenv(PREFIX_CACHE_ENV, "1")
+    runtime = _runtime(tiny, monkeypatch, merge=True, adapters=("a",))
+    got = [runtime.complete(p, SETTINGS, adapter=adapter).text for p in prompts]
+    assert got == expected
+    assert runtime._prefix_cache is not None and runtime._prefix_cache.hits >= 1
