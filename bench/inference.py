@@ -6,7 +6,8 @@ Sections, each printed as a markdown table and written to `bench/results/inferen
   paragraphs cut to 590 tokens, about a `rag` question's reader prompt; 64 new tokens, greedy),
   through the shipped reader adapter as every reader call runs (`--no-adapter`: the base model), as
   ratios to llama.cpp. Paths: transformers float32 with the adapter merged into the weights (the
-  default), float32 with the adapter unmerged (peft's path, the default before), bfloat16, and
+  default), float32 with the adapter unmerged (peft's path, the default before), float32 with
+  the same prompt seen before (its start reused from the prefix cache), bfloat16, and
   llama.cpp on the shipped Q4_K_M GGUF file (opt-in: `RAGTUNE_LOCAL_ENGINE=llama.cpp`). Prefill
   is the time to the first token of a call with nothing cached; decode is the other 63 tokens. The
   paths take turns for a few rounds and the median is kept, so load from other processes hits each
@@ -18,14 +19,14 @@ Sections, each printed as a markdown table and written to `bench/results/inferen
 - `router`: the classifier router's decision time, the question's embedding included, on one torch
   thread (p50 and p90 over the questions).
 - `qa`: the `rag` and `adaptive` strategies of `ragtune bench qa` on the first N HotpotQA test
-  questions (the whole test pool ingested as distractors), on a baseline path (transformers float32
-  with `--baseline-env`, by default `RAGTUNE_MERGE_ADAPTERS=0`: the path before issue 13's
-  changes) and on a candidate (`--candidate` engine, default transformers, with `--candidate-env`).
-  Each path runs in its own worker process, and the two take turns question by question, so
-  drifting load on a shared machine hits both alike; the load average is recorded with every
-  question. Reported: EM, F1, seconds per question, the paired-bootstrap 95% interval of the F1
-  difference (candidate - baseline) and of the time ratio (candidate / baseline), and the share of
-  identical answers.
+  questions (the whole test pool ingested as distractors), on a baseline path (transformers
+  float32 with `--baseline-env`, by default `RAGTUNE_MERGE_ADAPTERS=0 RAGTUNE_PREFIX_CACHE=0`: the
+  path before issue 13's changes) and on a candidate (`--candidate` engine, default transformers,
+  with `--candidate-env`). Each path runs in its own worker process, and the two take turns
+  question by question, so drifting load on a shared machine hits both alike; the load average is
+  recorded with every question. Reported: EM, F1, seconds per question, the paired-bootstrap 95%
+  interval of the F1 difference (candidate - baseline) and of the time ratio (candidate /
+  baseline), and the share of identical answers.
 
     .venv/bin/python bench/inference.py                       # all sections (~20 min on 2 cores)
     .venv/bin/python bench/inference.py --sections speed ceiling threads router
@@ -101,12 +102,14 @@ def load_paths(names: list[str], adapter: Path | None = None) -> dict[str, Any]:
         if name == "llama.cpp":
             runtime = load_local_model("gemma-3-270m", engine="llama.cpp")
         else:
-            precision = name.split()[1]
+            precision = name.split()[1]  # "transformers float32 [unmerged|prefix reused]"
             runtime = LocalCausalLM.from_directory(
                 prepare_local_model("gemma-3-270m"), model_id=source.model_id,
                 fingerprint=base_model_fingerprint(), precision=precision)  # type: ignore[arg-type]
             if name.endswith("unmerged"):
                 runtime._merged = None
+            if not name.endswith("prefix reused"):
+                runtime._prefix_cache = None  # "nothing cached": the whole prompt is prefilled
         if adapter is not None:
             runtime.load_adapter("bench", adapter)
         runtime.bench_adapter = "bench" if adapter is not None else None
@@ -454,7 +457,8 @@ def main(argv: list[str] | None = None) -> int:
                         choices=("speed", "ceiling", "threads", "router", "qa"))
     parser.add_argument("--paths", nargs="+",
                         default=["transformers float32", "transformers float32 unmerged",
-                                 "transformers bfloat16", "llama.cpp"])
+                                 "transformers float32 prefix reused", "transformers bfloat16",
+                                 "llama.cpp"])
     parser.add_argument("--no-adapter", action="store_true",
                         help="speed: the base model alone (default: the reader adapter)")
     parser.add_argument("--prompt-tokens", type=int, default=PROMPT_TOKENS)
@@ -464,10 +468,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--strategies", nargs="+", default=["rag", "adaptive"])
     parser.add_argument("--candidate", default="transformers",
                         help="qa: the engine compared with the float32 baseline")
-    parser.add_argument("--baseline-env", nargs="*", default=["RAGTUNE_MERGE_ADAPTERS=0"],
+    parser.add_argument("--baseline-env", nargs="*",
+                        default=["RAGTUNE_MERGE_ADAPTERS=0", "RAGTUNE_PREFIX_CACHE=0"],
                         metavar="KEY=VALUE",
                         help="qa: environment of the baseline worker (default: adapters "
-                             "unmerged, i.e. the path before issue 13's changes)")
+                             "unmerged and no prefix cache, i.e. the path before issue 13's "
+                             "changes)")
     parser.add_argument("--candidate-env", nargs="*", default=[], metavar="KEY=VALUE")
     parser.add_argument("--threads", type=int, default=1, help=argparse.SUPPRESS)
     parser.add_argument("--calls", type=int, default=6, help=argparse.SUPPRESS)

@@ -129,6 +129,13 @@ def run_qa_bench(config: QABenchConfig, *, models: StrategyModels | None = None,
         engine = resolve_engine()
         if engine != DEFAULT_ENGINE:  # recorded only off the default, so older runs stay valid
             settings["local_engine"] = engine
+        from ragtune.agents.merged_lora import merge_enabled
+        from ragtune.agents.prefix_cache import prefix_cache_enabled
+
+        off = [name for name, on in (("merged adapters", merge_enabled()),
+                                     ("prefix cache", prefix_cache_enabled())) if not on]
+        if off:  # the same answers up to float rounding, but a run says how it was made
+            settings["local_inference_off"] = off
     out_dir = Path(config.out_dir)
     check_run_settings(out_dir, settings, fresh=config.fresh)
     update_costs: dict[str, Any] = {}
