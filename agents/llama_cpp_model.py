@@ -40,7 +40,7 @@ ENGINE_ENV = "RAGTUNE_LOCAL_ENGINE"
 """Environment variable choosing the local engine: transformers (default), llama.cpp or auto."""
 ENGINE_CHOICES = ("auto", "llama.cpp", "transformers")
 DEFAULT_ENGINE = "transformers"
-"""The engine when none is chosen. llama.cpp decodes 10x faster here, but on 60 HotpotQA test
+"""The engine when none is chosen. llama.cpp decodes 2.6x faster here, but on 60 HotpotQA test
 questions (`bench/inference.py`) it made `rag` 1.20x slower (prefill through LoRA adapters) and
 cost `adaptive` 0.017 F1, outside the 0.01 the default must stay within; so it is opt-in."""
 
