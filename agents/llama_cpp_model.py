@@ -141,6 +141,13 @@ class LlamaCppLM(LocalCausalLM):
         return cls(llama, model_id=model_id, fingerprint=fingerprint, gguf_path=path)
 
     @property
+    def inference(self) -> dict[str, Any]:
+        """What runs this model's calls: llama.cpp reuses the previous call's longest common
+        token prefix itself, applies adapters unmerged and runs calls one at a time."""
+        return {"engine": self.engine, "precision": self.precision, "merged_adapters": False,
+                "prefix_cache": True, "batching": False}
+
+    @property
     def n_ctx(self) -> int:
         """Tokens one call may hold, prompt and answer together."""
         return int(self._llama.n_ctx())

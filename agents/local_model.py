@@ -331,6 +331,17 @@ class LocalCausalLM:
         return self._batcher.submit(prompt, (adapter, settings), timeout=settings.timeout)
 
     @property
+    def inference(self) -> dict[str, Any]:
+        """What runs this model's calls, for traces and run manifests.
+
+        The engine, the weights' precision, and whether adapters run merged, prompt prefixes
+        are reused and queued calls are batched.
+        """
+        return {"engine": self.engine, "precision": self.precision,
+                "merged_adapters": self._merged is not None,
+                "prefix_cache": self._prefix_cache is not None, "batching": True}
+
+    @property
     def batch_stats(self) -> BatcherStats:
         """How many calls ran batched with others so far (for benchmarks and traces)."""
         return self._batcher.stats()

@@ -212,3 +212,14 @@ def test_prompts_sharing_a_start_reuse_its_cache_and_give_the_same_tokens(
     got = [runtime.complete(p, SETTINGS, adapter=adapter).text for p in prompts]
     assert got == expected
     assert runtime._prefix_cache is not None and runtime._prefix_cache.hits >= 1
+
+
+def test_the_runtime_says_what_runs_its_calls(tiny: dict[str, Path],
+                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    from ragtune.agents.prefix_cache import PREFIX_CACHE_ENV
+
+    monkeypatch.setenv(PREFIX_CACHE_ENV, "0")
+    runtime = _runtime(tiny, monkeypatch, merge=True, adapters=("a",))
+    assert runtime.inference == {"engine": "transformers", "precision": "float32",
+                                 "merged_adapters": True, "prefix_cache": False,
+                                 "batching": True}

@@ -94,6 +94,10 @@ def test_same_weights_give_the_same_greedy_text_and_logprob(runtime: Any,
     assert ours.mean_logprob == pytest.approx(theirs.mean_logprob, abs=1e-3)
     assert (runtime.engine, runtime.precision) == ("llama.cpp", "F32")
     assert (hf_runtime.engine, hf_runtime.precision) == ("transformers", "float32")
+    assert runtime.inference == {"engine": "llama.cpp", "precision": "F32",
+                                 "merged_adapters": False, "prefix_cache": True,
+                                 "batching": False}
+    assert hf_runtime.inference["engine"] == "transformers"
 
 
 @needs_llama_cpp

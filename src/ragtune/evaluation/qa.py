@@ -171,6 +171,9 @@ def run_qa_bench(config: QABenchConfig, *, models: StrategyModels | None = None,
                                     "cpu_hour_usd": config.cpu_hour_usd,
                                     "command": redact_command(command)},
                           costs=costs, update_costs=update_costs)
+    runtime = getattr(models.reader_model, "runtime", None)  # None: an API model
+    if config.engine == "local" and runtime is not None and hasattr(runtime, "inference"):
+        report["local_inference"] = runtime.inference
     report["outputs"] = {k: str(v) for k, v in write_outputs(report, results, out_dir).items()}
     return report
 
