@@ -52,6 +52,7 @@ class MergedAdapters:
         self.current: str | None = None
         self.switches = 0
         self._buffers: dict[str, Any] = {}
+        self._layers: list[tuple[str, Any]] | None = None  # found once per model and adapter set
         self._unmergeable: dict[str, bool] = {}
 
     def can_merge(self, model: Any, adapter: str) -> bool:
@@ -63,6 +64,7 @@ class MergedAdapters:
     def forget(self) -> None:
         """Drop the working buffers (the model was closed or its adapters changed)."""
         self._buffers.clear()
+        self._layers = None
         self._unmergeable.clear()
         self.current = None
 
@@ -77,7 +79,9 @@ class MergedAdapters:
 
         if not self.can_merge(model, adapter):
             raise ValueError(f"Adapter {adapter!r} cannot run merged.")
-        layers = list(_lora_layers(model))
+        if self._layers is None:  # walking every module on each call would cost a hot path
+            self._layers = list(_lora_layers(model))
+        layers = self._layers
         if self.current != adapter:
             with torch.no_grad():
                 for name, layer in layers:
