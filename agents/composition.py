@@ -34,6 +34,9 @@ _COMMA_FORM = re.compile(r"^(?P<head>(?:which|who|what)\b[^,]*?)[,:]\s*(?P<a>[^,
                          r"(?P<b>[^,?]+?)\s*\?*$", re.IGNORECASE)
 _MIDDLE_FORM = re.compile(r"^(?P<wh>(?:which|who|what)\b[^,]*?),\s*(?P<a>[^,?]+?)\s+or\s+"
                           r"(?P<b>[^,?]+?),\s*(?P<rest>[^,?]+?)\s*\?*$", re.IGNORECASE)
+_BETWEEN_FORM = re.compile(r"^(?:in\s+)?between\s+(?:(?:the\s+)?(?:two|2)\s+[a-z]+\s+)?(?P<a>.+?)"
+                           r"\s+and\s+(?P<b>[^,?]+?)\s*,?\s+(?P<head>(?:which|who)\b[^?]*?)\s*\?*$",
+                           re.IGNORECASE)
 _TIME_EARLY = ("first", "earlier", "earliest", "older", "oldest", "sooner", "before")
 _TIME_LATE = ("more recently", "most recently", "more recent", "most recent", "later", "latest",
               "last", "newer", "newest", "younger", "youngest")
@@ -134,6 +137,9 @@ def _comparison(text: str) -> QuestionShape | None:
         head = match.group("head") if "head" in match.groupdict() else \
             f"{match.group('wh')} {match.group('rest')}"
         return _candidates_shape(head, match.group("a"), match.group("b"))
+    match = _BETWEEN_FORM.match(text)  # "Between A and B, who is older?"
+    if match is not None:
+        return _candidates_shape(match.group("head"), match.group("a"), match.group("b"))
     match = _AUX_FORM.match(text)
     if match is not None:
         return _candidates_shape(f"who {match.group('aux')} {match.group('rest')}",

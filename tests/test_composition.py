@@ -133,6 +133,12 @@ def titles(answer: Any) -> set[str]:
      "most", ("How tall is Gasherbrum II?", "How tall is Langtang Ri?")),
     ("Which is a shrub, Mimosa or Cryptocoryne?", ("Mimosa", "Cryptocoryne"), "",
      ("Is Mimosa a shrub?", "Is Cryptocoryne a shrub?")),
+    ("Between two scientists Ernst Messerschmid and Philippe Perrin, who is older?",
+     ("Ernst Messerschmid", "Philippe Perrin"), "earliest",
+     ("When was Ernst Messerschmid born?", "When was Philippe Perrin born?")),
+    ("In between Liberty and MIT Technology Review which was founded first?",
+     ("Liberty", "MIT Technology Review"), "earliest",
+     ("When was Liberty founded?", "When was MIT Technology Review founded?")),
 ])
 def test_a_comparison_splits_into_one_attribute_question_per_candidate(
         question: str, candidates: tuple[str, str], order: str, subs: tuple[str, str]) -> None:
