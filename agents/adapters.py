@@ -10,7 +10,9 @@ returns to the previously promoted version.
 
 Two roots are searched: the user's registry (`$RAGTUNE_HOME/adapters`, writable) and the adapters
 shipped in the package (read-only, `ragtune/agents/artifacts/adapters`). Promotion state always
-lives in the user's registry; a shipped adapter's first version counts as promoted until then.
+lives in the user's registry; a shipped adapter's newest version counts as promoted until then (a
+release that ships a better version makes it the default; `ragtune adapters promote NAME@1` keeps
+the earlier one).
 A shipped version's number belongs to it: a user folder with the same name and number (a copy made
 by hand) is never used in its place, and is reported as ignored; new user versions are numbered
 after every existing one, shipped ones included. Adapters are loaded from safetensors only; a file
@@ -186,8 +188,8 @@ class AdapterRegistry:
         for number in reversed(history):
             if number in versions:
                 return versions[number]
-        shipped = [v for v in versions.values() if v.shipped]
-        return shipped[0] if shipped else None
+        shipped = [v for v in self.versions(name) if v.shipped]
+        return shipped[-1] if shipped else None
 
     def resolve(self, ref: str, *, allow_damaged: bool = False) -> AdapterVersion:
         """Return the version `ref` names (`NAME`: the promoted one; `NAME@N`: version N).

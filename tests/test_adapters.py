@@ -127,6 +127,20 @@ def test_shipped_adapters_are_read_only_and_promoted_by_default(
     assert registry.find(task="decomposer") == []
 
 
+def test_the_newest_shipped_version_is_the_default_until_a_user_promotes(
+        tiny_base: Path, tmp_path: Path) -> None:
+    shipped = tmp_path / "shipped"
+    staging_registry = AdapterRegistry(shipped, shipped_root=None)
+    staging_registry.add("reader", *make_adapter(tiny_base, tmp_path / "s1", seed=1))
+    staging_registry.add("reader", *make_adapter(tiny_base, tmp_path / "s2", seed=2))
+    (shipped / "reader" / "promotion.json").unlink()
+    registry = AdapterRegistry(tmp_path / "user", shipped_root=shipped)
+    assert registry.resolve("reader").ref == "reader@2"
+    registry.promote("reader@1")
+    assert registry.resolve("reader").ref == "reader@1"
+    assert [v.ref for v in registry.find(task="reader")] == ["reader@1"]
+
+
 def test_cli_lists_shows_promotes_and_fails_verify_on_corruption(
         tiny_base: Path, tmp_path: Path, cli_env: dict[str, str]) -> None:
     home = tmp_path / "home"
