@@ -247,3 +247,12 @@ def test_cli_trains_registers_and_lists(tiny_base: Path, tmp_path: Path,
     assert failed.returncode == 3
     assert failed.stderr.strip() == (f"error: {bad}:1: missing or empty field 'completion' "
                                      "(expected text).")
+    for task, share, message in [
+            ("custom", "0", "--no-gold-share applies to --task reader only."),
+            ("reader", "-0.1", "--no-gold-share must be in [0, 1], not -0.1.")]:
+        refused = subprocess.run(ragtune_cmd("finetune", "--task", task, "--data", str(data),
+                                             "--name", "numbers", "--base", str(tiny_base),
+                                             "--no-gold-share", share),
+                                 capture_output=True, text=True, env=env, timeout=120)
+        assert refused.returncode == 2 and refused.stderr.strip() == f"error: {message}", \
+            refused.stderr

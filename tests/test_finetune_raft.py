@@ -117,7 +117,8 @@ def test_contexts_are_shuffled_not_gold_first() -> None:
     assert any(firsts) and not all(firsts)
 
 
-def test_no_gold_share_is_about_a_fifth(tmp_path: Path) -> None:
+def _invented_hotpot_file(tmp_path: Path) -> Path:
+    """400 invented HotpotQA-shaped records: 2 gold paragraphs ("Gold fact") and 8 others each."""
     rng = random.Random(7)
     records = []
     for index in range(400):
@@ -130,12 +131,27 @@ def test_no_gold_share_is_about_a_fifth(tmp_path: Path) -> None:
                         "supporting_facts": [[t, 0] for t, _ in gold], "context": context})
     path = tmp_path / "hotpotqa_train.json"
     path.write_text(json.dumps(records), encoding="utf-8")
-    examples = load_examples("reader", [path])
+    return path
+
+
+def test_no_gold_share_is_about_a_fifth(tmp_path: Path) -> None:
+    examples = load_examples("reader", [_invented_hotpot_file(tmp_path)])
     no_gold = sum("Gold fact" not in e.prompt for e in examples)
     assert pytest.approx(0.2) == datasets.RAFT_NO_GOLD_SHARE
     assert 0.14 < no_gold / len(examples) < 0.26
     counts = {len(_LINE.findall(e.prompt)) for e in examples if "Gold fact" in e.prompt}
     assert counts == {2, 3, 4, 5}  # gold plus 0..3 distractors
+
+
+def test_the_no_gold_share_is_a_setting(tmp_path: Path) -> None:
+    path = _invented_hotpot_file(tmp_path)
+    always = load_examples("reader", [path], no_gold_share=0.0)
+    assert all("Gold fact" in e.prompt for e in always)
+    never = load_examples("reader", [path], no_gold_share=1.0)
+    assert not any("Gold fact" in e.prompt for e in never)
+    assert [e.completion for e in never] == [e.completion for e in always]
+    with pytest.raises(InputError, match=r"without gold must be in \[0, 1\], not 1.5"):
+        load_examples("reader", [path], no_gold_share=1.5)
 
 
 def test_training_prompt_is_the_inference_prompt() -> None:

@@ -7,7 +7,8 @@ adapter learns is exactly what serving will ask it.
 - `reader`: question + paragraphs -> short answer, trained the way it is used (RAFT): the context
   imitates a top-k retrieval, the gold paragraphs mixed with 0 to `RAFT_MAX_DISTRACTORS` of the
   record's distractors (HotpotQA's 8, MuSiQue's non-supporting paragraphs), shuffled, within
-  `RAFT_CONTEXT_CHARS`; in a `RAFT_NO_GOLD_SHARE` of the examples distractors replace the gold
+  `RAFT_CONTEXT_CHARS`; in a share of the examples (`RAFT_NO_GOLD_SHARE` unless `--no-gold-share`
+  says otherwise) distractors replace the gold
   paragraphs and the answer stays (RAFT's recipe: retrieval often misses, and the reader should
   meet such contexts in training too). Answers are short and normalised (`short_answer`). JSONL
   lines `{"question", "answer", "paragraphs": [{"title", "text"}]}` are taken as given.
@@ -112,8 +113,11 @@ def format_sub_questions(sub_questions: Sequence[str]) -> str:
     return "".join(f"{i}. {q}\n" for i, q in enumerate(sub_questions, 1))
 
 
-def load_examples(task: Task, paths: Sequence[str | Path], *, seed: int = 0) -> list[Example]:
+def load_examples(task: Task, paths: Sequence[str | Path], *, seed: int = 0,
+                  no_gold_share: float = RAFT_NO_GOLD_SHARE) -> list[Example]:
     """Return the training examples of `task` from `paths`, in a deterministic order.
+
+    `no_gold_share` is the share of reader contexts built without their gold paragraphs (0 to 1).
 
     Raises:
         InputError: A missing or empty file, an unreadable or malformed line (file and line named),
@@ -123,6 +127,9 @@ def load_examples(task: Task, paths: Sequence[str | Path], *, seed: int = 0) -> 
         raise InputError(f"Unknown fine-tuning task {task!r}; choose one of {', '.join(TASKS)}.")
     if not paths:
         raise InputError("No training data given (--data FILE).")
+    if not 0.0 <= no_gold_share <= 1.0:
+        raise InputError(f"The share of reader contexts without gold must be in [0, 1], not "
+                         f"{no_gold_share}.")
     rng = random.Random(seed)
     examples: list[Example] = []
     for raw_path in paths:
@@ -131,8 +138,11 @@ def load_examples(task: Task, paths: Sequence[str | Path], *, seed: int = 0) -> 
             raise InputError(f"{path} is a test split: its questions are for reporting only, "
                              "never for training.")
         records = list(_read_records(path))
-        builder = {"reader": _reader_examples, "decomposer": _decomposer_examples,
-                   "knowledge": _knowledge_examples, "custom": _custom_examples}[task]
+        if task == "reader":
+            examples.extend(_reader_examples(records, path, rng, no_gold_share))
+            continue
+        builder = {"decomposer": _decomposer_examples, "knowledge": _knowledge_examples,
+                   "custom": _custom_examples}[task]
         examples.extend(builder(records, path, rng))
     if not examples:
         raise InputError(f"No {task} examples found in {', '.join(map(str, paths))}.")
@@ -248,7 +258,7 @@ def raft_context(gold: Sequence[Paragraph], distractors: Sequence[Paragraph],
 
 
 def _reader_examples(records: Iterable[tuple[int, dict[str, Any]]], path: Path,
-                     rng: random.Random) -> Iterator[Example]:
+                     rng: random.Random, no_gold_share: float) -> Iterator[Example]:
     for line, record in records:
         question = _field(record, "question", path, line)
         if "context" in record:
@@ -269,7 +279,7 @@ def _reader_examples(records: Iterable[tuple[int, dict[str, Any]]], path: Path,
             yield Example(reader_prompt(question, paragraphs), f" {short_answer(answer)}")
             continue
         # A record without enough distractors to stand in for its gold keeps its gold.
-        no_gold = rng.random() < RAFT_NO_GOLD_SHARE and len(other) >= len(gold)
+        no_gold = rng.random() < no_gold_share and len(other) >= len(gold)
         context = raft_context(gold, other, rng, no_gold=no_gold)
         yield Example(reader_prompt(question, context), f" {short_answer(answer)}")
 

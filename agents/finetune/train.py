@@ -25,7 +25,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ragtune.agents.adapters import AdapterRegistry, AdapterVersion, validate_name
-from ragtune.agents.finetune.datasets import Example, Task, dataset_fingerprint, load_examples
+from ragtune.agents.finetune.datasets import (
+    RAFT_NO_GOLD_SHARE,
+    Example,
+    Task,
+    dataset_fingerprint,
+    load_examples,
+)
 from ragtune.errors import ConfigError, InputError
 
 if TYPE_CHECKING:
@@ -68,6 +74,9 @@ class FinetuneConfig:
                 "task: reader 512, decomposer 160, knowledge 256, custom 384)"})
     max_examples: int | None = field(default=None, metadata={
         "help": "use at most this many examples (a deterministic sample)"})
+    no_gold_share: float = field(default=RAFT_NO_GOLD_SHARE, metadata={
+        "help": "reader task: share of contexts whose gold paragraphs are replaced by distractors "
+                "(RAFT's 1 - P; 0 keeps the gold in every context)"})
     eval_fraction: float = field(default=0.05, metadata={"help": "held-out share for eval"})
     eval_steps: int = field(default=20, metadata={"help": "evaluate every this many steps"})
     save_steps: int = field(default=20, metadata={"help": "checkpoint every this many steps"})
@@ -91,6 +100,8 @@ class FinetuneConfig:
                 raise ConfigError(f"{name} must be at least 1, not {getattr(self, name)}")
         if self.epochs <= 0 and self.max_steps <= 0:
             raise ConfigError("Give a positive --epochs or --max-steps.")
+        if not 0.0 <= self.no_gold_share <= 1.0:
+            raise ConfigError(f"--no-gold-share must be in [0, 1], not {self.no_gold_share}.")
         if not 0.0 <= self.eval_fraction < 0.5:
             raise ConfigError("eval_fraction must be in [0, 0.5).")
         if self.resume and self.restart:
@@ -98,9 +109,12 @@ class FinetuneConfig:
 
     def fingerprint_fields(self) -> dict[str, Any]:
         """The settings that must match for `resume` to continue a run."""
-        keep = ("task", "base", "init_adapter", "rank", "alpha", "dropout", "target_modules",
-                "epochs", "max_steps", "learning_rate", "batch_size", "grad_accum", "max_length",
-                "max_examples", "eval_fraction", "seed")
+        keep: tuple[str, ...] = (
+            "task", "base", "init_adapter", "rank", "alpha", "dropout", "target_modules", "epochs",
+            "max_steps", "learning_rate", "batch_size", "grad_accum", "max_length", "max_examples",
+            "eval_fraction", "seed")
+        if self.task == "reader":
+            keep = (*keep, "no_gold_share")
         return {k: v for k, v in asdict(self).items() if k in keep}
 
 
@@ -235,7 +249,8 @@ def run_finetune(config: FinetuneConfig, *, registry: AdapterRegistry | None = N
 
     registry = registry or AdapterRegistry()
     run_dir = ragtune_home(home) / "runs" / config.name
-    examples = load_examples(config.task, config.data, seed=config.seed)
+    examples = load_examples(config.task, config.data, seed=config.seed,
+                             no_gold_share=config.no_gold_share)
     rng = random.Random(config.seed)
     rng.shuffle(examples)
     if config.max_examples is not None:

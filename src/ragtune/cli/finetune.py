@@ -38,6 +38,8 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
     p.add_argument("--grad-accum", type=int, default=2, help=help_of["grad_accum"])
     p.add_argument("--max-length", type=int, default=None, help=help_of["max_length"])
     p.add_argument("--max-examples", type=int, default=None, help=help_of["max_examples"])
+    p.add_argument("--no-gold-share", type=float, default=None, metavar="SHARE",
+                   help=help_of["no_gold_share"] + " (default 0.2)")
     p.add_argument("--eval-steps", type=int, default=20, help=help_of["eval_steps"])
     p.add_argument("--save-steps", type=int, default=20, help=help_of["save_steps"])
     p.add_argument("--seed", type=int, default=0, help=help_of["seed"])
@@ -61,6 +63,8 @@ def run_finetune_command(args: argparse.Namespace) -> int:
 
     if args.max_examples is not None and args.max_examples < 1:
         raise ConfigError("--max-examples must be at least 1")
+    if args.no_gold_share is not None and args.task != "reader":
+        raise ConfigError("--no-gold-share applies to --task reader only.")
     for path in args.data:  # unreadable, a FIFO or a device: refused before any model loads
         check_readable(path)
     config = FinetuneConfig(
@@ -70,6 +74,7 @@ def run_finetune_command(args: argparse.Namespace) -> int:
         max_steps=args.max_steps, learning_rate=args.lr, batch_size=args.batch_size,
         grad_accum=args.grad_accum, max_length=args.max_length, max_examples=args.max_examples,
         eval_steps=args.eval_steps, save_steps=args.save_steps, seed=args.seed,
+        **({} if args.no_gold_share is None else {"no_gold_share": args.no_gold_share}),
         description=args.description, memory_limit_gb=args.memory_limit_gb, resume=args.resume,
         restart=args.restart, progress=not args.no_progress)
     home = Path(args.home) if args.home else None
