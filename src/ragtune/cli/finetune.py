@@ -15,7 +15,7 @@ from ragtune.errors import ConfigError
 
 def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Add `finetune` to the `ragtune` parser."""
-    from ragtune.agents.finetune.datasets import TASKS
+    from ragtune.agents.finetune.datasets import RAFT_NO_GOLD_SHARE, TASKS
     from ragtune.agents.finetune.train import FinetuneConfig
 
     help_of = {f.name: f.metadata.get("help", "") for f in fields(FinetuneConfig)}
@@ -39,7 +39,7 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
     p.add_argument("--max-length", type=int, default=None, help=help_of["max_length"])
     p.add_argument("--max-examples", type=int, default=None, help=help_of["max_examples"])
     p.add_argument("--no-gold-share", type=float, default=None, metavar="SHARE",
-                   help=help_of["no_gold_share"] + " (default 0.2)")
+                   help=f"{help_of['no_gold_share']} (default {RAFT_NO_GOLD_SHARE})")
     p.add_argument("--eval-steps", type=int, default=20, help=help_of["eval_steps"])
     p.add_argument("--save-steps", type=int, default=20, help=help_of["save_steps"])
     p.add_argument("--seed", type=int, default=0, help=help_of["seed"])
