@@ -188,7 +188,7 @@ class AdapterRegistry:
         for number in reversed(history):
             if number in versions:
                 return versions[number]
-        shipped = [v for v in self.versions(name) if v.shipped]
+        shipped = [v for v in versions.values() if v.shipped]  # oldest first
         return shipped[-1] if shipped else None
 
     def resolve(self, ref: str, *, allow_damaged: bool = False) -> AdapterVersion:
