@@ -354,7 +354,8 @@ class OrchestratorNodes:
             is_chain = len(plan) == 1 or bool(plan and plan[-1]["depends_on"])
             chained = answer_from_hops(state["question"], sub_answers, docs, model,
                                        whole_ids=whole, is_chain=is_chain, limit=ctx.k + 1,
-                                       max_tokens=ctx.max_answer_tokens)
+                                       max_tokens=ctx.max_answer_tokens,
+                                       answer_prompt=ctx.answer_prompt)
             result = chained.result
             how = f"{chained.how} ({describe_model(model)})"
         elif docs:

@@ -83,6 +83,18 @@ class KeyedReader(BaseChatModel):
         return sum(marker in p for p in self.prompts)
 
 
+class ComposingReader(KeyedReader):
+    """A `KeyedReader` that answers "River Thames" when it composes from sub-answers."""
+
+    def _generate(self, messages: list[BaseMessage], stop: Any = None, run_manager: Any = None,
+                  **kwargs: Any) -> ChatResult:
+        if any("<facts>" in str(m.content) for m in messages):
+            self.prompts.append("\n".join(str(m.content) for m in messages))
+            return ChatResult(generations=[ChatGeneration(message=AIMessage(
+                content="River Thames"))])
+        return super()._generate(messages, stop, run_manager, **kwargs)
+
+
 class FixedRouter:
     """Routes every question to `first` and every sub-question to retrieval."""
 
@@ -277,24 +289,42 @@ def test_yes_no_questions_answer_yes_or_no(store: KnowledgeStore) -> None:
     assert answer.text == "yes"
 
 
-def test_a_bridge_chain_answers_with_its_last_hop_and_cites_every_hop(
+def test_a_bridge_chain_reads_the_whole_question_over_every_hop_and_cites_every_hop(
         store: KnowledgeStore) -> None:
-    plan = "1. In which city was Ada Lovelace born?\n2. Which river flows through #1?"
-    model = KeyedReader(plans={RIVER: plan},
-                        answers={"Ada Lovelace born": "London", "through London": "River Thames",
-                                 RIVER: "Danube"})
-    answer = ask(store, model, RIVER)
-    assert answer.text == "River Thames"
-    assert model.asked("<facts>") == 0  # no composing call: the last hop's answer is supported
-    assert "last hop's answer" in answer.trace[-1]["reason"]
-    assert {"Ada Lovelace", "River Thames"} <= titles(answer)
-
-
-def test_an_unsupported_last_hop_is_composed_by_the_reader(store: KnowledgeStore) -> None:
     plan = "1. In which city was Ada Lovelace born?\n2. Which river flows through #1?"
     model = KeyedReader(plans={RIVER: plan},
                         answers={"Ada Lovelace born": "London", "through London": "the Nile",
                                  RIVER: "River Thames"})
+    answer = ask(store, model, RIVER)
+    # The wrong last hop ("the Nile") does not decide: the reader reads the whole question over
+    # the paragraphs every hop found, and sees no sub-answers.
+    assert answer.text == "River Thames"
+    assert "from every hop" in answer.trace[-1]["reason"]
+    assert model.asked("<facts>") == 0 and model.asked("Sub-answers") == 0
+    final = next(p for p in reversed(model.prompts) if f"<question>{RIVER}" in p)
+    assert "[1] " in final and "River Thames:" in final and "Ada Lovelace:" in final
+    assert {"Ada Lovelace", "River Thames"} <= titles(answer)  # both hops' paragraphs cited
+
+
+def test_a_chain_whose_read_gives_nothing_takes_its_supported_last_hop(
+        store: KnowledgeStore) -> None:
+    plan = "1. In which city was Ada Lovelace born?\n2. Which river flows through #1?"
+    model = KeyedReader(plans={RIVER: plan},
+                        answers={"Ada Lovelace born": "London", "through London": "River Thames",
+                                 RIVER: "unknown"})
+    answer = ask(store, model, RIVER)
+    assert answer.text == "River Thames"
+    assert "last hop's answer" in answer.trace[-1]["reason"]
+    assert model.asked("<facts>") == 0
+    assert {"Ada Lovelace", "River Thames"} <= titles(answer)
+
+
+def test_an_unsupported_last_hop_after_an_empty_read_is_composed(
+        store: KnowledgeStore) -> None:
+    plan = "1. In which city was Ada Lovelace born?\n2. Which river flows through #1?"
+    model = ComposingReader(plans={RIVER: plan},
+                            answers={"Ada Lovelace born": "London", "through London": "the Nile",
+                                     RIVER: "unknown"})
     answer = ask(store, model, RIVER)
     assert model.asked("<facts>") == 1
     assert answer.text == "River Thames" and "composed" in answer.trace[-1]["reason"]
