@@ -289,12 +289,16 @@ def test_yes_no_questions_answer_yes_or_no(store: KnowledgeStore) -> None:
     assert answer.text == "yes"
 
 
+def river_reader(kind: type[KeyedReader], *, last_hop: str, read: str) -> KeyedReader:
+    """A reader that plans RIVER as two hops, answers the last one `last_hop`, and reads `read`."""
+    plan = "1. In which city was Ada Lovelace born?\n2. Which river flows through #1?"
+    return kind(plans={RIVER: plan}, answers={"Ada Lovelace born": "London",
+                                              "through London": last_hop, RIVER: read})
+
+
 def test_a_bridge_chain_reads_the_whole_question_over_every_hop_and_cites_every_hop(
         store: KnowledgeStore) -> None:
-    plan = "1. In which city was Ada Lovelace born?\n2. Which river flows through #1?"
-    model = KeyedReader(plans={RIVER: plan},
-                        answers={"Ada Lovelace born": "London", "through London": "the Nile",
-                                 RIVER: "River Thames"})
+    model = river_reader(KeyedReader, last_hop="the Nile", read="River Thames")
     answer = ask(store, model, RIVER)
     # The wrong last hop ("the Nile") does not decide: the reader reads the whole question over
     # the paragraphs every hop found, and sees no sub-answers.
@@ -308,10 +312,7 @@ def test_a_bridge_chain_reads_the_whole_question_over_every_hop_and_cites_every_
 
 def test_a_chain_whose_read_gives_nothing_takes_its_supported_last_hop(
         store: KnowledgeStore) -> None:
-    plan = "1. In which city was Ada Lovelace born?\n2. Which river flows through #1?"
-    model = KeyedReader(plans={RIVER: plan},
-                        answers={"Ada Lovelace born": "London", "through London": "River Thames",
-                                 RIVER: "unknown"})
+    model = river_reader(KeyedReader, last_hop="River Thames", read="unknown")
     answer = ask(store, model, RIVER)
     assert answer.text == "River Thames"
     assert "last hop's answer" in answer.trace[-1]["reason"]
@@ -321,10 +322,7 @@ def test_a_chain_whose_read_gives_nothing_takes_its_supported_last_hop(
 
 def test_an_unsupported_last_hop_after_an_empty_read_is_composed(
         store: KnowledgeStore) -> None:
-    plan = "1. In which city was Ada Lovelace born?\n2. Which river flows through #1?"
-    model = ComposingReader(plans={RIVER: plan},
-                            answers={"Ada Lovelace born": "London", "through London": "the Nile",
-                                     RIVER: "unknown"})
+    model = river_reader(ComposingReader, last_hop="the Nile", read="unknown")
     answer = ask(store, model, RIVER)
     assert model.asked("<facts>") == 1
     assert answer.text == "River Thames" and "composed" in answer.trace[-1]["reason"]
