@@ -43,6 +43,9 @@ from ragtune.agents.answerer import (
 from ragtune.agents.composition import compose_by_rule, fit_or_choose, question_shape
 from ragtune.agents.prompts import ANSWER_PROMPT
 
+_NO_ANSWER = ("", "unknown", "none", "no answer")
+"""Normalised answers that say nothing."""
+
 
 @dataclass(frozen=True)
 class ChainAnswer:
@@ -55,7 +58,7 @@ class ChainAnswer:
 def supported(answer: str, documents: Sequence[Document]) -> bool:
     """Whether the normalised `answer` occurs in one of `documents` (text or title)."""
     norm = normalize_answer(answer)
-    if not norm or norm in ("unknown", "none", "no answer"):
+    if norm in _NO_ANSWER:
         return False
     return any(norm in normalize_answer(d.page_content)
                or norm in normalize_answer(str(d.metadata.get("title", ""))) for d in documents)
@@ -101,7 +104,7 @@ def answer_from_hops(
     if shape.kind == "open":
         read = answer_from_documents(question, evidence, model, prompt=answer_prompt,
                                      max_tokens=max_tokens)
-        if normalize_answer(read.text) not in ("", "unknown", "none", "no answer"):
+        if normalize_answer(read.text) not in _NO_ANSWER:
             return ChainAnswer(AnswerResult(read.text, _union(hop_cited, read.citations),
                                             read.raw, read.usage, read.confidence),
                                f"read over {len(evidence)} paragraphs from every hop")
