@@ -1,7 +1,7 @@
 """What this machine's CPU offers the local models: native bfloat16 and the cores to use.
 
 Both the embedder (`ragtune.tools.embeddings`) and the local chat model
-(`ragtune.agents.local_model`, `ragtune.agents.llama_cpp_model`) choose their number format and
+(`ragtune.agents.causal_lm`, `ragtune.agents.llama_cpp_model`) choose their number format and
 thread count from here, so the two never disagree about the hardware.
 """
 

@@ -27,12 +27,8 @@ from collections.abc import Callable, Generator, Sequence
 from pathlib import Path
 from typing import Any, Literal
 
-from ragtune.agents.local_model import (
-    Completion,
-    GenerationSettings,
-    LocalCausalLM,
-    StopSequenceFilter,
-)
+from ragtune.agents.causal_lm import Completion, GenerationSettings, LocalCausalLM
+from ragtune.agents.prompt_format import StopSequenceFilter
 from ragtune.errors import ConfigError
 
 Engine = Literal["llama.cpp", "transformers"]

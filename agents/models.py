@@ -29,7 +29,7 @@ from ragtune.errors import ConfigError
 if TYPE_CHECKING:
     from langchain_core.language_models import BaseChatModel
 
-    from ragtune.agents.local_model import LocalCausalLM
+    from ragtune.agents.causal_lm import LocalCausalLM
 
 log = logging.getLogger(__name__)
 
@@ -378,7 +378,7 @@ def _load_runtime(source: LocalModelSource, target: Path,
     if resolve_engine_lazily(engine) == "llama.cpp":
         return _load_gguf_runtime(source, target)
     _check_local_extras(source)
-    from ragtune.agents.local_model import LocalCausalLM
+    from ragtune.agents.causal_lm import LocalCausalLM
 
     fingerprint = base_model_fingerprint(source.name)
     if _cached_fingerprint(target) != fingerprint:

@@ -31,7 +31,7 @@ from langchain_core.messages import AIMessage, AIMessageChunk, BaseMessage
 from langchain_core.outputs import ChatGeneration, ChatGenerationChunk, ChatResult
 from pydantic import Field, PrivateAttr, SecretStr
 
-from ragtune.agents.local_model import render_prompt
+from ragtune.agents.prompt_format import render_prompt
 from ragtune.errors import ConfigError
 
 BASE_URL_ENV = "OPENAI_BASE_URL"

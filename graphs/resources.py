@@ -218,7 +218,7 @@ class Resources:
         def make() -> BaseChatModel:
             if spec.startswith("local:"):
                 # ragtune's prompts are complete few-shot completions: pass them through as is.
-                from ragtune.agents.local_model import COMPLETION_FORMAT
+                from ragtune.agents.prompt_format import COMPLETION_FORMAT
 
                 return load_chat_model(spec, prompt_format=COMPLETION_FORMAT)
             return load_chat_model(spec)
