@@ -5,7 +5,9 @@ Sections (all by default):
 - `reader`: EM/F1 (SQuAD normalisation) of the base model prompted few-shot (`ANSWER_PROMPT`) and
   of the `reader` adapter, both given the gold paragraphs, on the first N HotpotQA `dev_test`
   questions (`--reader-distractors D` adds D of each question's own distractors, shuffled with a
-  fixed seed, as a retrieved top-k would hold them).
+  fixed seed, as a retrieved top-k would hold them; `--reader-split tune` reads `dev_tune` instead,
+  the split the shipped reader adapters trained on, to show how optimistic tune-split reader
+  measurements are).
 - `decomposer`: on the first N MuSiQue `dev_test` questions, the share with the right number of
   sub-questions and the position-wise token F1 of the sub-questions against the gold decomposition
   (`X >> relation` steps written as "What is the relation of X?", as in training), few-shot base
@@ -85,7 +87,7 @@ def hotpot_context(record: dict[str, Any], distractors: int) -> list[tuple[str, 
 
 
 def bench_reader(runtime: Any, adapter: str, limit: int, batch: int, *, base: bool = True,
-                 distractors: int = 0) -> dict[str, Any]:
+                 distractors: int = 0, split: str = "test") -> dict[str, Any]:
     """Reader EM/F1 given gold paragraphs (and `distractors`): few-shot base against the adapter."""
     from langchain_core.documents import Document
 
@@ -94,14 +96,15 @@ def bench_reader(runtime: Any, adapter: str, limit: int, batch: int, *, base: bo
     from ragtune.agents.prompts import ANSWER_PROMPT
     from ragtune.evaluation.metrics import best_em_f1
 
-    records = json.loads((DATA / "hotpotqa" / "dev_test.json").read_text())[:limit]
+    dataset = f"hotpotqa/dev_{split}.json"
+    records = json.loads((DATA / dataset).read_text())[:limit]
     golds = [hotpot_context(r, distractors) for r in records]
     base_prompts = [ANSWER_PROMPT.format(
         context=format_context([Document(text, metadata={"title": t}) for t, text in gold]),
         question=r["question"]) for r, gold in zip(records, golds, strict=True)]
     adapter_prompts = [reader_prompt(r["question"], [Paragraph(t, text) for t, text in gold])
                        for r, gold in zip(records, golds, strict=True)]
-    rows: dict[str, Any] = {"questions": len(records), "dataset": "hotpotqa/dev_test.json",
+    rows: dict[str, Any] = {"questions": len(records), "dataset": dataset,
                             "distractors": distractors}
     runs = [("base few-shot", base_prompts, None)] if base else []
     for label, prompts, key in [*runs, ("reader adapter", adapter_prompts, adapter)]:
@@ -320,8 +323,8 @@ def print_tables(results: dict[str, Any]) -> None:
     if "reader" in results:
         r = results["reader"]
         extra = f" + {r['distractors']} distractors" if r.get("distractors") else ""
-        print(f"\n## Reader, gold paragraphs{extra}, {r['questions']} HotpotQA dev_test "
-              f"questions (adapter {r.get('adapter')})\n")
+        print(f"\n## Reader, gold paragraphs{extra}, {r['questions']} questions of {r['dataset']} "
+              f"(adapter {r.get('adapter')})\n")
         print("| model | EM | F1 | seconds |\n|---|---|---|---|")
         for label in [k for k in ("base few-shot", "reader adapter") if k in r]:
             print(f"| {label} | {r[label]['em']:.3f} | {r[label]['f1']:.3f} | "
@@ -367,6 +370,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--reader-limit", type=int, default=300)
     parser.add_argument("--reader-distractors", type=int, default=0,
                         help="add this many of each question's distractors to its gold")
+    parser.add_argument("--reader-split", choices=("test", "tune"), default="test",
+                        help="HotpotQA split the reader section reads (tune: the adapters' own)")
     parser.add_argument("--no-base", action="store_true",
                         help="skip the few-shot base model rows (reader, decomposer)")
     parser.add_argument("--decomposer-limit", type=int, default=200)
@@ -401,7 +406,8 @@ def main(argv: list[str] | None = None) -> int:
             key = adapter_key(model.resolve(args.reader))
             results["reader"] = bench_reader(runtime, key, args.reader_limit, args.batch,
                                              base=not args.no_base,
-                                             distractors=args.reader_distractors)
+                                             distractors=args.reader_distractors,
+                                             split=args.reader_split)
             results["reader"]["adapter"] = model.registry.resolve(args.reader).ref
         elif section == "decomposer":
             key = adapter_key(model.resolve(args.decomposer))

@@ -157,6 +157,8 @@ def test_cli_lists_shows_promotes_and_fails_verify_on_corruption(
     assert rows["qa@1"]["promoted"] and not rows["qa@2"]["promoted"]
     shown = json.loads(cli("show", "qa@2").stdout)
     assert shown["manifest"]["files"]["adapter_model.safetensors"]
+    shipped = json.loads(cli("show", "reader@1").stdout)["manifest"]["dataset"]
+    assert shipped["question_keys"] == "[400 keys of training questions]"  # counted, not listed
     assert cli("promote", "qa@2").stdout.strip() == "promoted qa@2"
     assert "is now qa@1" in cli("rollback", "qa").stdout
     missing = cli("show", "nope")

@@ -20,6 +20,7 @@ from ragtune.agents.finetune.datasets import (
     format_sub_questions,
     load_examples,
     naturalize_step,
+    question_key,
 )
 from ragtune.agents.finetune.train import (
     FinetuneConfig,
@@ -109,6 +110,9 @@ def test_three_training_steps_register_a_loadable_adapter(
     assert manifest["task"] == "reader" and manifest["command"] == "ragtune finetune ..."
     assert len(manifest["base"]["sha256"]) == 64 and len(manifest["dataset"]["sha256"]) == 64
     assert manifest["dataset"]["examples"] == 24
+    # Every sampled question is keyed, so a bench run can tell which of its questions it saw.
+    assert manifest["dataset"]["question_keys"] == sorted(
+        {question_key(e.question) for e in load_examples("reader", [HOTPOT_TRAIN])})
     assert manifest["hyperparameters"]["rank"] == 8
     assert len(manifest["domain"]["centroid"]) == 384
     registry.verify(version, base_sha256=manifest["base"]["sha256"])

@@ -57,10 +57,22 @@ _AGGREGATE_OPS = {"comparison", "arithmetic", "aggregate", "superlative", "union
 
 @dataclass(frozen=True)
 class Example:
-    """One training example: the loss is computed on `completion` only."""
+    """One training example: the loss is computed on `completion` only.
+
+    `question` is the dataset question the example was built from ("" when none, as for a
+    knowledge paragraph or a custom prompt); the manifest records its `question_key`, so an
+    evaluation can tell which of its questions an adapter trained on.
+    """
 
     prompt: str
     completion: str
+    question: str = ""
+
+
+def question_key(question: str) -> str:
+    """A short, stable key of `question` (case and spacing folded) for training-overlap checks."""
+    folded = " ".join(question.lower().split())
+    return hashlib.sha256(folded.encode("utf-8")).hexdigest()[:16]
 
 
 @dataclass(frozen=True)
@@ -276,12 +288,13 @@ def _reader_examples(records: Iterable[tuple[int, dict[str, Any]]], path: Path,
                 paragraphs = [Paragraph(str(p.get("title", "")), str(p["text"])) for p in items]
             except (KeyError, AttributeError) as exc:
                 raise InputError(f"{path}:{line}: each paragraph needs a 'text'.") from exc
-            yield Example(reader_prompt(question, paragraphs), f" {short_answer(answer)}")
+            yield Example(reader_prompt(question, paragraphs), f" {short_answer(answer)}",
+                          question)
             continue
         # A record without enough distractors to stand in for its gold keeps its gold.
         no_gold = rng.random() < no_gold_share and len(other) >= len(gold)
         context = raft_context(gold, other, rng, no_gold=no_gold)
-        yield Example(reader_prompt(question, context), f" {short_answer(answer)}")
+        yield Example(reader_prompt(question, context), f" {short_answer(answer)}", question)
 
 
 def _decomposer_examples(records: Iterable[tuple[int, dict[str, Any]]], path: Path,
@@ -298,7 +311,7 @@ def _decomposer_examples(records: Iterable[tuple[int, dict[str, Any]]], path: Pa
         else:
             steps = [str(s) for s in _field(record, "sub_questions", path, line, list)]
         if steps:
-            yield Example(decomposer_prompt(question), format_sub_questions(steps))
+            yield Example(decomposer_prompt(question), format_sub_questions(steps), question)
 
 
 def _break_steps(record: dict[str, Any]) -> list[str] | None:
@@ -344,7 +357,8 @@ def _knowledge_examples(records: Iterable[tuple[int, dict[str, Any]]], path: Pat
             yield Example("", f"{title}: {body}" if title else body)
             for qa in questions:
                 answer = str(qa["answer"]).strip()
-                yield Example(knowledge_prompt(str(qa["question"])), f" {answer}")
+                yield Example(knowledge_prompt(str(qa["question"])), f" {answer}",
+                              str(qa["question"]))
             first = _SENTENCE.split(body, maxsplit=1)[0]
             if title and first:
                 yield Example(knowledge_prompt(f"What do you know about {title}?"), f" {first}")

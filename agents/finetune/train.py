@@ -31,6 +31,7 @@ from ragtune.agents.finetune.datasets import (
     Task,
     dataset_fingerprint,
     load_examples,
+    question_key,
 )
 from ragtune.errors import ConfigError, InputError
 
@@ -343,7 +344,10 @@ def run_finetune(config: FinetuneConfig, *, registry: AdapterRegistry | None = N
         "base": {"model_id": base.model_id, "sha256": base.sha256, "spec": config.base},
         "dataset": {"files": [Path(p).name for p in config.data],
                     "sha256": dataset_fingerprint(examples), "examples": len(examples),
-                    "trained": len(train_set), "held_out": len(eval_set), "dropped": dropped},
+                    "trained": len(train_set), "held_out": len(eval_set), "dropped": dropped,
+                    # every sampled example's question, held-out and dropped ones included
+                    "question_keys": sorted({question_key(e.question) for e in examples
+                                             if e.question})},
         "hyperparameters": config.fingerprint_fields(),
         **({"init_adapter": {"ref": start.ref, "files": start.manifest["files"]}}
            if start is not None else {}),

@@ -113,6 +113,9 @@ def _show(args: argparse.Namespace) -> int:
     centroid = manifest.get("domain", {}).get("centroid")
     if centroid:
         manifest["domain"]["centroid"] = f"[{len(centroid)} floats]"
+    keys = manifest.get("dataset", {}).get("question_keys")
+    if isinstance(keys, list):
+        manifest["dataset"]["question_keys"] = f"[{len(keys)} keys of training questions]"
     print(json.dumps({**_row(registry, version), "path": str(version.path),
                       "manifest": manifest}, indent=2))
     return 0

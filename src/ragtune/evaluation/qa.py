@@ -24,6 +24,7 @@ from typing import Any
 
 from ragtune.errors import ConfigError, InputError
 from ragtune.evaluation.datasets import QAItem, load_split, split_path
+from ragtune.evaluation.overlap import adapters_in_use, training_overlap
 from ragtune.evaluation.runner import check_run_settings, run_strategy
 from ragtune.evaluation.strategies import (
     RUN_STRATEGIES,
@@ -162,6 +163,8 @@ def run_qa_bench(config: QABenchConfig, *, models: StrategyModels | None = None,
             remote.close()
         if database is not None:
             database.close()
+    overlap = training_overlap(questions, adapters_in_use(_adapter_roles(models, strategies)),
+                               results)
     local = config.model.startswith("local:")
     costs = {name: ({"kind": "local", "cpu_hour_usd": config.cpu_hour_usd} if local or
                     name == "specialist" else
@@ -171,11 +174,23 @@ def run_qa_bench(config: QABenchConfig, *, models: StrategyModels | None = None,
                                     "cpu_hour_usd": config.cpu_hour_usd,
                                     "command": redact_command(command)},
                           costs=costs, update_costs=update_costs)
+    if overlap is not None:
+        report["training_overlap"] = overlap
     runtime = getattr(models.reader_model, "runtime", None)  # None: an API model
     if config.engine == "local" and runtime is not None and hasattr(runtime, "inference"):
         report["local_inference"] = runtime.inference
     report["outputs"] = {k: str(v) for k, v in write_outputs(report, results, out_dir).items()}
     return report
+
+
+def _adapter_roles(models: StrategyModels, strategies: Sequence[str]) -> dict[str, Any]:
+    """The models whose adapters the run's strategies use, by role."""
+    roles: dict[str, Any] = {}
+    if {"rag", "multi-step", "adaptive"} & set(strategies):
+        roles["reader"] = models.reader_model
+    if {"multi-step", "adaptive"} & set(strategies) and models.decomposer_model is not None:
+        roles["decomposer"] = models.decomposer_model
+    return roles
 
 
 def _questions(config: QABenchConfig) -> tuple[list[QAItem], dict[str, Any]]:
@@ -255,7 +270,8 @@ def _default_models(config: QABenchConfig, questions: Sequence[QAItem], strategi
 
     models = StrategyModels(store=store, chat_model=resources.chat_model(context),
                             reader_model=resources.reader_model(context),
-                            specialist_model=specialist, agent_factory=agent_factory, k=config.k)
+                            specialist_model=specialist, agent_factory=agent_factory, k=config.k,
+                            decomposer_model=resources.decomposer_model(context))
     return models, database, update_costs
 
 

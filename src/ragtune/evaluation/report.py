@@ -21,6 +21,8 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from ragtune.evaluation.overlap import overlap_lines
+
 CORRECT_F1 = 0.5
 ORACLE_ORDER = (("no-retrieval", "A"), ("rag", "B"), ("multi-step", "C"))
 ROUTE_LABEL = {"retrieve": "B", "decompose": "C", "specialist": "A", "rag": "B",
@@ -262,6 +264,9 @@ def markdown(report: Mapping[str, Any]) -> str:
         if multi.get("time_ratio_ci95"):
             lines.append(f"\nTime per question against multi-step: 95% interval "
                          f"{_interval(multi['time_ratio_ci95'], pct=True)}.")
+    overlap = overlap_lines(report.get("training_overlap"))
+    if overlap:
+        lines += ["", *overlap]
     failed = {name: r["errors"] for name, r in rows.items() if r.get("errors")}
     if failed:
         lines.append("Questions that failed (scored 0; rerun to retry): "

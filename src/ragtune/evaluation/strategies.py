@@ -134,6 +134,8 @@ class StrategyModels:
     k: int = 5
     read_first_confidence: float | None = None
     """The adaptive strategy's read-first threshold (None: the agent's own)."""
+    decomposer_model: BaseChatModel | None = None
+    """The agents' decomposer, when known: only read to report the adapter it serves."""
 
 
 def _timed(run: Callable[[], Prediction]) -> Prediction:
