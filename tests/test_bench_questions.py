@@ -165,3 +165,36 @@ def test_a_question_file_runs_every_strategy_end_to_end(
     write_lines(file, [{**GOOD[0], "answer": "Thames"}, *GOOD[1:]])
     assert main(command) == 3
     assert "other settings (questions_sha256)" in capsys.readouterr().err
+
+
+def test_unseen_only_leaves_out_the_questions_an_adapter_trained_on(
+        real_store: KnowledgeStore, scripted_cli: KeyedReader, tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    """The scripted reader serves no adapter, so the adapters the run uses are stood in for: one
+    that trained on the river question, then one whose manifest records no questions."""
+    from ragtune.agents.finetune.datasets import question_key
+    from ragtune.cli import main
+    from ragtune.evaluation.overlap import TrainedAdapter
+
+    real_store.add_texts([text for _, text in PARAGRAPHS.values()],
+                         [{"source": key, "title": title}
+                          for key, (title, _) in PARAGRAPHS.items()])
+    trained = [TrainedAdapter("reader", "reader@9", frozenset({question_key(RIVER)}))]
+    monkeypatch.setattr("ragtune.evaluation.qa.adapters_in_use", lambda models: trained)
+    file = write_lines(tmp_path / "mine.jsonl", GOOD)
+    out = tmp_path / "out"
+    command = ["bench", "qa", "--questions", str(file), "--collection", real_store.collection,
+               "--policy", "rules", "-k", "2", "--strategies", "rag", "--unseen-only",
+               "--out", str(out), "--no-progress"]
+    assert main(command) == 0
+    assert "1 questions the adapters trained on were left out" in capsys.readouterr().out
+    lines = [json.loads(line) for line in (out / "predictions.jsonl").read_text().splitlines()]
+    assert sorted(r["id"] for r in lines) == ["3", "born"]
+    report = json.loads((out / "results.json").read_text())
+    assert report["settings"]["unseen_only"] is True
+    assert report["training_overlap"]["excluded_trained"] == 1
+    assert report["training_overlap"]["trained_questions"] == 0  # of those that ran
+
+    trained[0] = TrainedAdapter("reader", "reader@9", None)
+    assert main([*command[:-3], "--out", str(tmp_path / "out2"), "--no-progress"]) == 2
+    assert "reader@9 record no training questions" in capsys.readouterr().err

@@ -10,15 +10,19 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
+
 from ragtune.agents.adapters import AdapterRegistry
 from ragtune.agents.finetune.datasets import question_key
 from ragtune.agents.specialist_model import SpecialistModel
+from ragtune.errors import ConfigError
 from ragtune.evaluation.datasets import QAItem
 from ragtune.evaluation.overlap import (
     TrainedAdapter,
     adapters_in_use,
     overlap_lines,
     training_overlap,
+    unseen_questions,
 )
 
 QUESTIONS = [QAItem("a", "Who founded Uppsala University?", "Jakob Ulvsson"),
@@ -55,6 +59,15 @@ def test_no_overlap_says_nothing_and_an_adapter_without_keys_is_unknown() -> Non
     old = training_overlap(QUESTIONS, [TrainedAdapter("reader", "old@1", None)], RESULTS)
     assert overlap_lines(old) == ["old@1 record no training questions: their overlap with these "
                                   "questions is unknown."]
+
+
+def test_unseen_questions_keep_their_order_and_need_recorded_keys() -> None:
+    a = TrainedAdapter("reader", "reader@1", frozenset({question_key(QUESTIONS[1].question)}))
+    b = TrainedAdapter("decomposer", "decomposer@1", frozenset())
+    assert unseen_questions(QUESTIONS, [a, b]) == [QUESTIONS[0], QUESTIONS[2]]
+    assert unseen_questions(QUESTIONS, []) == QUESTIONS
+    with pytest.raises(ConfigError, match="old@1 record no training questions"):
+        unseen_questions(QUESTIONS, [a, TrainedAdapter("reader", "old@1", None)])
 
 
 def test_the_shipped_adapters_name_their_training_questions(tmp_path: Path) -> None:

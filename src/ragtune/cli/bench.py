@@ -48,6 +48,9 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
                    help="adaptive strategy: reader confidence at which a read-first answer stands "
                         "(default: the Context default; tune it on --split tune with "
                         "bench/tune_read_first.py)")
+    q.add_argument("--unseen-only", action="store_true",
+                   help="leave out the questions an adapter the run uses trained on (from its "
+                        "manifest), after --limit: tune-split choices free of memorised answers")
     q.add_argument("--workers", type=int, default=1,
                    help="questions in parallel (threads; with --engine ray, Ray actors)")
     q.add_argument("--engine", choices=("local", "ray"), default="local",
@@ -109,7 +112,8 @@ def run_bench_qa(args: argparse.Namespace) -> int:
         database_url=args.database_url, collection=args.collection,
         specialist_adapter=args.specialist_adapter, specialist_epochs=args.specialist_epochs,
         specialist_max_steps=args.specialist_max_steps, cpu_hour_usd=args.cpu_hour_usd,
-        prices=prices, fresh=args.fresh, progress=not args.no_progress)
+        prices=prices, fresh=args.fresh, progress=not args.no_progress,
+        unseen_only=args.unseen_only)
     command = recorded_command(sys.argv[1:])
     try:
         with contextlib.redirect_stdout(sys.stderr):  # Trainer and tqdm chatter

@@ -57,6 +57,24 @@ def adapters_in_use(models: Mapping[str, Any]) -> list[TrainedAdapter]:
     return found
 
 
+def unseen_questions(questions: Sequence[QAItem],
+                     adapters: Sequence[TrainedAdapter]) -> list[QAItem]:
+    """`questions` without those any of `adapters` trained on, in their order.
+
+    Raises:
+        ConfigError: An adapter's manifest records no training questions (nothing to filter by).
+    """
+    from ragtune.errors import ConfigError
+
+    unknown = [a.ref for a in adapters if a.question_keys is None]
+    if unknown:
+        raise ConfigError(f"{', '.join(unknown)} record no training questions, so the questions "
+                          "they trained on cannot be left out; retrain them with this version "
+                          "of `ragtune finetune`, or run without --unseen-only.")
+    trained = frozenset().union(*(a.question_keys or () for a in adapters))
+    return [q for q in questions if question_key(q.question) not in trained]
+
+
 def training_overlap(questions: Sequence[QAItem], adapters: Sequence[TrainedAdapter],
                      results: Mapping[str, Mapping[str, dict[str, Any]]]) -> dict[str, Any] | None:
     """How many of `questions` each adapter trained on, and each strategy's F1 without them.
@@ -95,6 +113,9 @@ def overlap_lines(overlap: Mapping[str, Any] | None) -> list[str]:
     if not overlap:
         return []
     lines = []
+    if overlap.get("excluded_trained"):
+        lines.append(f"Run on unseen questions only: {overlap['excluded_trained']} questions the "
+                     "adapters trained on were left out.")
     unknown = [a["ref"] for a in overlap["adapters"] if a["trained_questions"] is None]
     trained = [a for a in overlap["adapters"] if a["trained_questions"]]
     if trained:

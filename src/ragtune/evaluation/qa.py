@@ -24,7 +24,7 @@ from typing import Any
 
 from ragtune.errors import ConfigError, InputError
 from ragtune.evaluation.datasets import QAItem, load_split, split_path
-from ragtune.evaluation.overlap import adapters_in_use, training_overlap
+from ragtune.evaluation.overlap import adapters_in_use, training_overlap, unseen_questions
 from ragtune.evaluation.runner import check_run_settings, run_strategy
 from ragtune.evaluation.strategies import (
     RUN_STRATEGIES,
@@ -70,6 +70,9 @@ class QABenchConfig:
     prices: dict[str, dict[str, float]] = field(default_factory=dict)
     fresh: bool = False
     progress: bool = True
+    unseen_only: bool = False
+    """Drop the questions an adapter the run uses trained on (its manifest's question keys), after
+    `limit`: scores that memorised answers do not inflate, for choosing settings on tune data."""
 
     def strategy_list(self) -> list[str]:
         """The strategies to report, in canonical order (oracle-router's inputs added)."""
@@ -124,6 +127,8 @@ def run_qa_bench(config: QABenchConfig, *, models: StrategyModels | None = None,
                 .hexdigest()}
     if config.read_first_confidence is not None:
         settings["read_first_confidence"] = config.read_first_confidence
+    if config.unseen_only:  # recorded only when set, so older runs stay valid
+        settings["unseen_only"] = True
     if config.model.startswith("local:"):
         from ragtune.agents.llama_cpp_model import DEFAULT_ENGINE, resolve_engine
 
@@ -145,6 +150,19 @@ def run_qa_bench(config: QABenchConfig, *, models: StrategyModels | None = None,
         models, database, update_costs = _default_models(config, questions, strategies, out_dir)
     if config.read_first_confidence is not None:
         models = dataclasses.replace(models, read_first_confidence=config.read_first_confidence)
+    adapters = adapters_in_use(_adapter_roles(models, strategies))
+    excluded = 0
+    if config.unseen_only:
+        try:
+            kept = unseen_questions(questions, adapters)
+            if not kept:
+                raise InputError(f"The adapters this run uses trained on all {len(questions)} "
+                                 "questions: --unseen-only leaves none.")
+        except BaseException:
+            if database is not None:
+                database.close()
+            raise
+        excluded, questions = len(questions) - len(kept), kept
     remote = None
     try:
         if config.engine == "ray":
@@ -163,8 +181,9 @@ def run_qa_bench(config: QABenchConfig, *, models: StrategyModels | None = None,
             remote.close()
         if database is not None:
             database.close()
-    overlap = training_overlap(questions, adapters_in_use(_adapter_roles(models, strategies)),
-                               results)
+    overlap = training_overlap(questions, adapters, results)
+    if overlap is not None and config.unseen_only:
+        overlap["excluded_trained"] = excluded
     local = config.model.startswith("local:")
     costs = {name: ({"kind": "local", "cpu_hour_usd": config.cpu_hour_usd} if local or
                     name == "specialist" else
