@@ -63,7 +63,7 @@ class Context:
     read_first: bool = field(default=True, metadata=_describe(
         "On the decompose route, let the reader first answer from the question's own top-k "
         "paragraphs, and decompose only when it is unsure (see read_first_confidence)."))
-    read_first_confidence: float = field(default=0.8, metadata=_describe(
+    read_first_confidence: float = field(default=0.7, metadata=_describe(
         "Reader confidence (mean token probability of its answer) at which a read-first answer "
         "stands; below it the question is decomposed. Models that report no confidence always "
         "decompose."))

@@ -4,8 +4,11 @@ Each DIR is the output of a run on a tune split with adaptive kept at threshold 
 answer stands, its confidence recorded) and multi-step on the same questions:
 
     ragtune bench qa --dataset musique --split tune --strategies adaptive multi-step \\
-        --read-first-confidence 0 --out runs/musique-tune-rf0
-    python bench/tune_read_first.py runs/musique-tune-rf0 runs/hotpotqa-tune-rf0
+        --read-first-confidence 0 --unseen-only --out runs/musique-tune-unseen-rf0
+    python bench/tune_read_first.py runs/musique-tune-unseen-rf0 runs/hotpotqa-tune-unseen-rf0
+
+`--unseen-only` keeps the questions no adapter of the run trained on (the shipped reader trained on
+most tune questions, and answers them better than new ones); a run without it gets a note.
 
 For every threshold it replays what adaptive would have answered (see
 `ragtune.evaluation.threshold`), prints one table per run and one combined table (each dataset
@@ -53,6 +56,10 @@ def main(argv: list[str] | None = None) -> int:
             if settings.get("split") != "tune":
                 raise InputError(f"{run} is a run on {settings.get('split')!r}: choose the "
                                  "threshold on the tune split only.")
+            if not settings.get("unseen_only"):
+                print(f"note: {run} was not run with --unseen-only: questions the adapters "
+                      "trained on make read-first answers look better than on new questions.",
+                      file=sys.stderr)
             sweeps[f"{settings['dataset']} ({run.name})"] = sweep_read_first(
                 load_cache(run, "adaptive"), load_cache(run, "multi-step"))
         combined = combine_sweeps(list(sweeps.values()))

@@ -97,6 +97,8 @@ def test_bench_script_on_tune_runs_only(tmp_path: Path, capsys: pytest.CaptureFi
     assert tune_read_first.main([str(tmp_path / "tune"), "--json", str(out)]) == 0
     saved = json.loads(out.read_text())
     assert saved["chosen"]["threshold"] == pick_threshold(saved["combined"])["threshold"]
-    assert "chosen: read_first_confidence" in capsys.readouterr().out
+    printed = capsys.readouterr()
+    assert "chosen: read_first_confidence" in printed.out
+    assert "was not run with --unseen-only" in printed.err  # its run.json does not say so
     assert tune_read_first.main([str(tmp_path / "test"), "--json", str(out)]) == 2
     assert "tune split only" in capsys.readouterr().err
