@@ -150,19 +150,19 @@ def run_qa_bench(config: QABenchConfig, *, models: StrategyModels | None = None,
         models, database, update_costs = _default_models(config, questions, strategies, out_dir)
     if config.read_first_confidence is not None:
         models = dataclasses.replace(models, read_first_confidence=config.read_first_confidence)
-    adapters = adapters_in_use(_adapter_roles(models, strategies))
     excluded = 0
-    if config.unseen_only:
-        try:
+    try:  # a manifest that cannot be read, or no question left, must not leak the database
+        adapters = adapters_in_use(_adapter_roles(models, strategies))
+        if config.unseen_only:
             kept = unseen_questions(questions, adapters)
             if not kept:
                 raise InputError(f"The adapters this run uses trained on all {len(questions)} "
                                  "questions: --unseen-only leaves none.")
-        except BaseException:
-            if database is not None:
-                database.close()
-            raise
-        excluded, questions = len(questions) - len(kept), kept
+            excluded, questions = len(questions) - len(kept), kept
+    except BaseException:
+        if database is not None:
+            database.close()
+        raise
     remote = None
     try:
         if config.engine == "ray":
